@@ -1,0 +1,3 @@
+from cryoclass.cli import main
+
+raise SystemExit(main())
