@@ -1,0 +1,1 @@
+"""Pure array functions (NumPy or CuPy): no MPI, no files, no config."""
