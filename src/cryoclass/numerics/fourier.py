@@ -92,15 +92,18 @@ def _crop_rows(n: int, m: int) -> np.ndarray:
 def crop_fourier(coeffs, n: int, m: int):
     """Fourier-crop half-plane coefficients from box ``n`` to box ``m`` (m <= n).
 
-    The Nyquist row/column of an even ``m`` takes the (real-symmetric) value of
-    frequency ``-m/2`` of the larger box. Values are scaled by ``(m / n)**2``.
+    The Nyquist row/column of an even ``m`` is set to zero (it would alias +-m/2),
+    so ``crop(pad(c)) == c`` exactly. Values are scaled by ``(m / n)**2``.
     """
     if m > n:
         raise ValueError(f"crop_fourier: m={m} > n={n}")
     xp = array_namespace(coeffs)
     rows = xp.asarray(_crop_rows(n, m))
-    out = xp.take(coeffs, rows, axis=-2)[..., : m // 2 + 1]
-    return out * ((m / n) ** 2)
+    out = xp.take(coeffs, rows, axis=-2)[..., : m // 2 + 1] * ((m / n) ** 2)
+    if m % 2 == 0 and m < n:
+        out[..., m // 2, :] = 0
+        out[..., :, m // 2] = 0
+    return out
 
 
 def pad_fourier(coeffs, m: int, n: int):
@@ -113,13 +116,9 @@ def pad_fourier(coeffs, m: int, n: int):
     rows = _crop_rows(n, m)
     ncol = m // 2 + 1
     out[..., xp.asarray(rows), :ncol] = coeffs
-    if m % 2 == 0 and m < n:
-        # The Nyquist row/column of the small box held the symmetric sum of +-m/2;
-        # split it so the padded image stays real and band-limited.
-        ny = int(rows[m // 2])
-        out[..., ny, :ncol] *= 0.5
-        out[..., (n - ny) % n, :ncol] = out[..., ny, :ncol]
-        out[..., :, m // 2] *= 0.5
+    if m % 2 == 0 and m < n:  # drop the small box's Nyquist (aliased +-m/2)
+        out[..., int(rows[m // 2]), :] = 0
+        out[..., :, m // 2] = 0
     return out * ((n / m) ** 2)
 
 
