@@ -1,0 +1,567 @@
+"""The classification driver: shard -> E-step -> one Allreduce -> M-step, per iteration.
+
+Usage (the CLI does this)::
+
+    comm = Comm(MPI.COMM_WORLD)
+    result = classify(table, cfg, comm, xp=numpy)
+
+Each rank owns a contiguous shard of the particle table (``block_range``), reads and
+preprocesses only its own images, and keeps their Fourier coefficients in memory
+(host or device). Every iteration every rank runs the same batch choice (from the
+seed), the E-step on its members, rotates its per-rotation sums into the class frame,
+and the ranks sum ONE packed float64 buffer. Every rank then runs the identical M-step,
+so all hold the same class averages. Rank 0 keeps the history and writes outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from types import ModuleType
+
+import numpy as np
+
+from cryoclass.backend import to_host
+from cryoclass.config import Config
+from cryoclass.geometry import Geometry, make_geometry
+from cryoclass.numerics import estep, mstep, postprocess
+from cryoclass.numerics.ctf import ctf_values
+from cryoclass.numerics.fourier import crop_fourier, to_fourier, to_real
+from cryoclass.numerics.masks import normalize_background, soft_circular_mask
+from cryoclass.numerics.transforms import rotate_coefficients, shift_phases
+from cryoclass.parallel.comm import Comm
+from cryoclass.parallel.partition import (
+    batch_members,
+    block_range,
+    chunks,
+    half_sets,
+    local_members,
+)
+
+logger = logging.getLogger(__name__)
+
+CTF_FIELDS = ("defocus_u_A", "defocus_v_A", "defocus_angle_rad", "voltage_kv", "cs_mm",
+              "amplitude_contrast", "phase_shift_rad", "bfactor_A2")
+HIST_BINS = 200
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class Shard:
+    """This rank's particles, preprocessed: coefficients and CTF parameters."""
+
+    start: int
+    stop: int
+    coeffs: object  # (n_local, M) complex64 on the compute device
+    ctf_params: np.ndarray  # (n_local, 8) float64, CTF_FIELDS order
+    half: object  # (n_local,) int64 on device
+    n_total: int
+
+    @property
+    def n_local(self) -> int:
+        """Number of particles on this rank."""
+        return self.stop - self.start
+
+
+@dataclass
+class ModelState:
+    """Everything needed to continue a run (checkpointed after each iteration)."""
+
+    iteration: int
+    classes: np.ndarray  # (K, m, m) float64 real-space class averages
+    sigma2_init: np.ndarray  # (n_shells,)
+    sigma2_est: np.ndarray  # (n_shells,)
+    num: np.ndarray | None = None  # running (2, K, M) complex128
+    den: np.ndarray | None = None  # running (2, K, M) float64
+    frc: np.ndarray | None = None  # (K, n_shells) last half-set FRC
+    history: list = field(default_factory=list)
+
+
+@dataclass
+class ParticleResults:
+    """Per-particle results of the final iteration, in input order (rank 0)."""
+
+    class_index: np.ndarray
+    class_posterior: np.ndarray
+    ess: np.ndarray
+    psi_rad: np.ndarray
+    shift_px: np.ndarray  # (N, 2) (x, y) in input pixels: particle centre - box centre
+    score: np.ndarray
+    half_set: np.ndarray
+
+
+# ------------------------------------------------------------------ preprocessing
+def preprocess(images, geom: Geometry):
+    """Normalize, window, transform and crop raw images to averaging coefficients.
+
+    Parameters
+    ----------
+    images : real (P, n, n)
+
+    Returns
+    -------
+    complex64 (P, M)
+    """
+    n = images.shape[-1]
+    img = normalize_background(images.astype(np.float32), geom.particle_radius_px)
+    xp = type(img).__module__.startswith("cupy") and __import__("cupy") or np
+    window = soft_circular_mask(n, 0.85 * (n / 2), 0.99 * (n / 2), xp, np.float32)
+    f = to_fourier(img * window[None])
+    f = crop_fourier(f, n, geom.work_box)
+    return f.reshape(f.shape[0], -1)[:, geom.index].astype(np.complex64)
+
+
+def load_shard(table, geom: Geometry, comm: Comm, seed: int, xp: ModuleType,
+               read_block: int = 512) -> Shard:
+    """Read and preprocess this rank's contiguous block of particles."""
+    n = len(table)
+    start, stop = block_range(n, comm.size, comm.rank)
+    source = table.image_source()
+    coeffs = xp.empty((stop - start, geom.n_coeffs), dtype=np.complex64)
+    for sl in chunks(stop - start, read_block):
+        rows = np.arange(start + sl.start, start + sl.stop)
+        imgs = xp.asarray(source.read(rows))
+        coeffs[sl] = preprocess(imgs, geom)
+    meta = table.meta.iloc[start:stop]
+    params = np.stack([meta[f].to_numpy(dtype=np.float64) for f in CTF_FIELDS], axis=1)
+    half = xp.asarray(half_sets(n, seed)[start:stop])
+    return Shard(start, stop, coeffs, params, half, n)
+
+
+def chunk_ctf(shard: Shard, rows: np.ndarray, geom: Geometry, cfg: Config, xp: ModuleType):
+    """CTF of particles ``rows`` (local) at the averaging coefficients: (P, M) float32."""
+    if not cfg.ctf.correct:
+        return xp.ones((rows.size, geom.n_coeffs), dtype=np.float32)
+    p = shard.ctf_params[rows]
+    return ctf_values(geom.freq_y_invA, geom.freq_x_invA, *p.T,
+                      phase_flip=cfg.ctf.phase_flip_only, xp=xp)
+
+
+# -------------------------------------------------------------------- schedule
+def schedule(cfg: Config) -> list[tuple[str, int]]:
+    """Iteration kinds in order: ("online", i) then ("full", j)."""
+    c = cfg.classify
+    return ([("online", i) for i in range(c.online_em_iters)]
+            + [("full", j) for j in range(c.final_full_iters)])
+
+
+def sigma2_used(state: ModelState, it: int, kind: str, cfg: Config, geom: Geometry):
+    r"""Noise variance used by the E-step of iteration ``it``.
+
+    ``f^2 sigma2_init`` until ``anneal_start_iter``, then a geometric interpolation to
+    the current estimate over ``anneal_iters`` iterations, then the estimate; final full
+    iterations always use the estimate. White noise: the band-averaged value, flat.
+    """
+    c = cfg.classify
+    hi = (c.uncertainty_factor**2) * state.sigma2_init
+    lo = state.sigma2_est
+    if kind == "full" or it >= c.anneal_start_iter + c.anneal_iters:
+        s2 = lo.copy()
+    elif it < c.anneal_start_iter:
+        s2 = hi.copy()
+    else:
+        frac = (it - c.anneal_start_iter + 1) / (c.anneal_iters + 1)
+        s2 = hi ** (1.0 - frac) * lo**frac
+    if c.white_noise:
+        band_shells = np.unique(geom.shell[geom.align])
+        s2 = np.full_like(s2, float(np.mean(s2[band_shells])))
+    return np.maximum(s2, 1e-12 * max(float(s2.max()), 1e-30))
+
+
+def online_step(it: int) -> float:
+    """Online-EM step size: the running statistics keep ``1 - step`` of their past."""
+    return float((it + 1) ** -0.6)
+
+
+# ------------------------------------------------------------------ initialization
+def initial_noise(shard: Shard, geom: Geometry, comm: Comm, seed: int, xp) -> np.ndarray:
+    """Mean power per shell of 100 random particles (the models are empty)."""
+    members = batch_members(shard.n_total, min(100, shard.n_total), seed, 1_000_000)
+    loc = local_members(members, shard.start, shard.stop)
+    buf = np.zeros(2 * geom.n_shells)
+    if loc.size:
+        y = shard.coeffs[xp.asarray(loc)]
+        pw = (xp.abs(y) ** 2).astype(np.float64).sum(axis=0)
+        shell = xp.asarray(geom.shell)
+        buf[: geom.n_shells] = to_host(xp.bincount(shell, weights=pw,
+                                                   minlength=geom.n_shells))
+        buf[geom.n_shells:] = np.bincount(geom.shell, minlength=geom.n_shells) * loc.size
+    comm.allreduce_sum(buf)
+    s2 = buf[: geom.n_shells] / np.maximum(buf[geom.n_shells:], 1)
+    s2[0] = s2[1] if geom.n_shells > 1 else s2[0]
+    return np.maximum(s2, 1e-12 * s2.max())
+
+
+def initial_classes(n_classes: int, geom: Geometry, sigma2_init: np.ndarray,
+                    seed: int) -> np.ndarray:
+    """Random classes with no signal: masked, low-passed Gaussian noise (K, m, m)."""
+    m = geom.work_box
+    rng = np.random.default_rng([seed, 0x1417])
+    noise = rng.standard_normal((n_classes, m, m))
+    f = to_fourier(noise)
+    from cryoclass.numerics.fourier import radius_grid
+
+    r = radius_grid(m)
+    lowpass = np.exp(-0.5 * (r / max(2.0, m * geom.work_pixel_A / 30.0)) ** 2)
+    img = to_real(f * lowpass[None], m)
+    img = postprocess.apply_mask(img, min(geom.mask_inner_px, 0.45 * m),
+                                 min(geom.mask_outer_px, 0.5 * m))
+    # scale: a tenth of the mean image power at low resolution
+    target = 0.1 * float(np.mean(sigma2_init[1: max(3, geom.n_shells // 4)]))
+    fc = to_fourier(img).reshape(n_classes, -1)[:, geom.index]
+    low = (geom.shell > 0) & (geom.shell < max(3, geom.n_shells // 4))
+    cur = float(np.mean(np.abs(fc[:, low]) ** 2))
+    return img * np.sqrt(target / max(cur, 1e-30))
+
+
+# -------------------------------------------------------------------- iteration
+@dataclass
+class IterationOutput:
+    """What one iteration's E-step produced on this rank."""
+
+    packed: np.ndarray  # reduced buffer
+    local_rows: np.ndarray  # rows (local) processed
+    cls: np.ndarray  # (P,) best class
+    pmax: np.ndarray  # (P,)
+    ess: np.ndarray  # (P,)
+    psi_idx: np.ndarray  # (P,)
+    shift_idx: np.ndarray  # (P,)
+    score: np.ndarray  # (P,)
+
+
+class Layout:
+    """Offsets of the packed per-iteration reduction buffer."""
+
+    def __init__(self, k: int, m: int, n_shells: int):
+        self.sizes = {"num": 2 * 2 * k * m, "den": 2 * k * m, "noise": n_shells,
+                      "noise_n": n_shells, "class_w": k, "n": 1, "ess_hist": HIST_BINS,
+                      "pmax_hist": HIST_BINS, "changed_class": 1, "psi_change": 1,
+                      "revisited": 1, "loglik": 1}
+        self.off = {}
+        o = 0
+        for key, s in self.sizes.items():
+            self.off[key] = (o, o + s)
+            o += s
+        self.total = o
+
+    def view(self, buf: np.ndarray, key: str) -> np.ndarray:
+        """Slice of the buffer for ``key``."""
+        a, b = self.off[key]
+        return buf[a:b]
+
+
+def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, kind: str,
+                  it: int, s2: np.ndarray, xp: ModuleType, last_class, last_psi,
+                  layout: Layout) -> IterationOutput:
+    """E-step on this rank's members of iteration ``it``; returns the packed statistics."""
+    c = cfg.classify
+    k = c.n_classes
+    n_psi = geom.psi_rad.size
+    m_coef = geom.n_coeffs
+    if kind == "online":
+        members = batch_members(shard.n_total, c.batch_size_per_class * k, c.seed, it)
+        rows_all = local_members(members, shard.start, shard.stop)
+    else:
+        rows_all = np.arange(shard.n_local)
+    hard = kind == "full" and c.hard_classification
+
+    classes = xp.asarray(state.classes.astype(np.float32))
+    refs = rotate_coefficients(classes, geom.ky, geom.kx, geom.psi_rad,
+                               cfg.search.padding_factor)  # (K, n_psi, M)
+    refs = refs.reshape(k * n_psi, m_coef)
+    align = xp.asarray(geom.align)
+    refs_a = xp.ascontiguousarray(refs[:, align])
+    shell = xp.asarray(geom.shell)
+    inv_s2 = xp.asarray((1.0 / s2[geom.shell]).astype(np.float32))
+    inv_s2w_a = (xp.asarray(geom.herm.astype(np.float32)) * inv_s2)[align]
+    phases = shift_phases(geom.ky, geom.kx, geom.shifts_px, geom.work_box, xp)
+    phases_a = xp.ascontiguousarray(phases[:, align])
+    lp_shift = xp.asarray(geom.log_prior_shift.astype(np.float32))
+    lp_class = xp.zeros(k)
+    num_bins = xp.zeros((2 * k * n_psi, m_coef), dtype=np.complex128)
+    den_bins = xp.zeros((2 * k * n_psi, m_coef), dtype=np.float64)
+    noise = xp.zeros(geom.n_shells, dtype=np.float64)
+    buf = np.zeros(layout.total)
+    n_t = geom.shifts_px.shape[0]
+    budget = 24_000_000  # elements of the (P, n_shifts, K*n_psi) log-likelihood array
+    chunk = max(1, min(cfg.compute.chunk_size, budget // max(1, n_t * k * n_psi)))
+    outs = {name: [] for name in ("cls", "pmax", "ess", "psi", "shift", "score")}
+    loglik_sum = 0.0
+    for sl in chunks(rows_all.size, chunk):
+        rows = rows_all[sl]
+        drows = xp.asarray(rows)
+        y = shard.coeffs[drows]
+        ctf = chunk_ctf(shard, rows, geom, cfg, xp)
+        ll = estep.pose_loglik(y[:, align], ctf[:, align], inv_s2w_a, refs_a, phases_a)
+        post = estep.posteriors(ll, k, lp_shift, lp_class, c.force_max)
+        del ll
+        cp = post.class_post
+        best = cp.argmax(axis=1)
+        weights = cp
+        if hard:
+            weights = xp.zeros_like(cp)
+            weights[xp.arange(rows.size), best] = 1.0
+        g = (ctf * y) * inv_s2  # noise-weighted; scale cancels in the Wiener filter
+        ctf2 = (ctf * ctf) * inv_s2
+        half = shard.half[drows]
+        if c.force_max:
+            estep.accumulate_force_max(num_bins, den_bins, g, ctf2, phases, post, half,
+                                       weights)
+        else:
+            estep.accumulate_marginal(num_bins, den_bins, g, ctf2, phases, post, half,
+                                      weights)
+        ar = xp.arange(rows.size)
+        t_b = post.best_shift[ar, best]
+        psi_b = post.best_psi[ar, best]
+        noise += estep.residual_power(y, ctf, refs, phases, best, t_b, psi_b, shell,
+                                      geom.n_shells, n_psi)
+        ess = estep.effective_sample_size(cp)
+        pmax = cp.max(axis=1)
+        score = post.best_loglik[ar, best]
+        loglik_sum += float(to_host(post.class_score[ar, best]).sum())
+        for name, arr in (("cls", best), ("pmax", pmax), ("ess", ess), ("psi", psi_b),
+                          ("shift", t_b), ("score", score)):
+            outs[name].append(to_host(arr))
+    res = {name: (np.concatenate(v) if v else np.zeros(0)) for name, v in outs.items()}
+    # rotate the per-psi sums into the class frame (all ranks, before the reduction)
+    num_c, den_c = mstep.bins_to_class_frame(num_bins, den_bins, geom.work_box,
+                                             geom.index, geom.ky, geom.kx, geom.psi_rad,
+                                             cfg.search.padding_factor)
+    layout.view(buf, "num")[:] = to_host(num_c).reshape(-1).view(np.float64)
+    layout.view(buf, "den")[:] = to_host(den_c).reshape(-1)
+    layout.view(buf, "noise")[:] = to_host(noise)
+    counts = np.bincount(geom.shell, minlength=geom.n_shells).astype(np.float64)
+    layout.view(buf, "noise_n")[:] = counts * rows_all.size
+    layout.view(buf, "class_w")[:] = np.bincount(res["cls"].astype(np.int64), minlength=k)
+    layout.view(buf, "n")[:] = rows_all.size
+    layout.view(buf, "ess_hist")[:] = np.histogram(res["ess"], HIST_BINS, (1.0, max(k, 1.0 + 1e-9)))[0]
+    layout.view(buf, "pmax_hist")[:] = np.histogram(res["pmax"], HIST_BINS, (0.0, 1.0))[0]
+    prev_c = last_class[rows_all]
+    seen = prev_c >= 0
+    layout.view(buf, "revisited")[:] = seen.sum()
+    layout.view(buf, "changed_class")[:] = (prev_c[seen] != res["cls"][seen]).sum()
+    dpsi = np.abs(((geom.psi_rad[res["psi"].astype(np.int64)] - last_psi[rows_all] + np.pi)
+                   % (2 * np.pi)) - np.pi)
+    layout.view(buf, "psi_change")[:] = np.degrees(dpsi[seen]).sum()
+    layout.view(buf, "loglik")[:] = loglik_sum
+    return IterationOutput(buf, rows_all, res["cls"].astype(np.int64), res["pmax"], res["ess"],
+                           res["psi"].astype(np.int64), res["shift"].astype(np.int64),
+                           res["score"])
+
+
+def hist_quartiles(hist: np.ndarray, lo: float, hi: float) -> list[float]:
+    """25/50/75% points of a histogram over [lo, hi] (linear within bins)."""
+    tot = hist.sum()
+    if tot <= 0:
+        return [float("nan")] * 3
+    edges = np.linspace(lo, hi, hist.size + 1)
+    cum = np.concatenate([[0.0], np.cumsum(hist)]) / tot
+    return [float(np.interp(q, cum, edges)) for q in (0.25, 0.5, 0.75)]
+
+
+def m_step(state: ModelState, num: np.ndarray, den: np.ndarray, geom: Geometry, cfg: Config,
+           xp: ModuleType):
+    """Class averages from the statistics, then mask/recentre/verticalize/constraints.
+
+    Returns
+    -------
+    classes (K, m, m) float64 host, frc (K, n_shells), com (K, 2) px, alpha (K,) rad
+    """
+    c = cfg.classify
+    k = c.n_classes
+    m = geom.work_box
+    avg, frc_curve, _ = mstep.class_averages(
+        xp.asarray(num), xp.asarray(den), xp.asarray(geom.shell), xp.asarray(geom.herm),
+        geom.n_shells, frc_regularization=c.frc_regularization, T=c.regularization_T)
+    grid = mstep.scatter_half_plane(avg, xp.asarray(geom.index), m)
+    img = to_real(grid, m)
+    com = xp.zeros((k, 2))
+    alpha = xp.zeros(k)
+    if cfg.mask.enabled:
+        img = postprocess.apply_mask(img, geom.mask_inner_px, geom.mask_outer_px)
+    if cfg.recenter.enabled:
+        img, com = postprocess.recenter(img, cfg.recenter.threshold, cfg.recenter.binary)
+    if cfg.constraints.align_filaments_vertically:
+        img, alpha = postprocess.verticalize(img, cfg.recenter.threshold,
+                                             cfg.search.padding_factor)
+    if cfg.constraints.non_negativity or cfg.constraints.clamp_solvent:
+        img = postprocess.non_negative(img)
+    if cfg.constraints.clamp_solvent:
+        img = postprocess.clamp_solvent(img, geom.mask_inner_px,
+                                        min(geom.mask_outer_px, 0.5 * m))
+    return (to_host(img).astype(np.float64), to_host(frc_curve), to_host(com),
+            to_host(alpha))
+
+
+@dataclass
+class RunResult:
+    """Everything the outputs need (complete on rank 0; class data on all ranks)."""
+
+    geom: Geometry
+    state: ModelState
+    particles: ParticleResults | None
+    class_order: np.ndarray  # new class j = old class class_order[j]
+    counts: np.ndarray
+    frc_res_A: np.ndarray
+    median_ess: np.ndarray
+    mean_posterior: np.ndarray
+    timings: dict
+
+
+def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
+             state: ModelState | None = None, on_iteration=None) -> RunResult:
+    """Run the whole classification on this rank's shard.
+
+    Parameters
+    ----------
+    table : ParticleTable
+    cfg : Config
+    comm : Comm
+    xp : numpy or cupy
+    state : ModelState, optional
+        Resume from a checkpointed state.
+    on_iteration : callable(state, geom, record), optional
+        Called on every rank after each iteration (checkpointing, figures).
+    """
+    t0 = time.perf_counter()
+    c = cfg.classify
+    k = c.n_classes
+    n = len(table)
+    if k > n:
+        from cryoclass.errors import InputError
+
+        raise InputError(f"{k} classes requested but the particle set has only {n} "
+                         "particles: use --classes <= the number of particles")
+    geom = make_geometry(table.box_px, float(table.meta["pixel_size_A"].iloc[0]), cfg)
+    shard = load_shard(table, geom, comm, c.seed, xp)
+    t_pre = time.perf_counter() - t0
+    if state is None:
+        s2i = initial_noise(shard, geom, comm, c.seed, xp)
+        state = ModelState(0, initial_classes(k, geom, s2i, c.seed), s2i, s2i.copy())
+    layout = Layout(k, geom.n_coeffs, geom.n_shells)
+    last_class = np.full(shard.n_local, -1, dtype=np.int64)
+    last_psi = np.zeros(shard.n_local)
+    plan = schedule(cfg)
+    final = None
+    com_final = np.zeros((k, 2))
+    alpha_final = np.zeros(k)
+    for it in range(state.iteration, len(plan)):
+        kind, sub = plan[it]
+        t_it = time.perf_counter()
+        s2 = sigma2_used(state, it, kind, cfg, geom)
+        out = run_iteration(state, shard, geom, cfg, kind, it, s2, xp, last_class,
+                            last_psi, layout)
+        t_e = time.perf_counter() - t_it
+        buf = comm.allreduce_sum(out.packed)
+        num = layout.view(buf, "num").view(np.complex128).reshape(2, k, -1).copy()
+        den = layout.view(buf, "den").reshape(2, k, -1).copy()
+        if kind == "online" and state.num is not None and sub > 0:
+            step = online_step(sub)
+            num = (1 - step) * state.num + step * num
+            den = (1 - step) * state.den + step * den
+        state.num, state.den = num, den
+        noise_n = layout.view(buf, "noise_n")
+        ok = noise_n > 0
+        est = state.sigma2_est.copy()
+        est[ok] = layout.view(buf, "noise")[ok] / noise_n[ok]
+        est[0] = est[1] if est.size > 1 else est[0]
+        t_m = time.perf_counter()
+        classes, frc_curve, com, alpha = m_step(state, num, den, geom, cfg, xp)
+        t_m = time.perf_counter() - t_m
+        state.classes, state.frc = classes, frc_curve
+        last_class[out.local_rows] = out.cls
+        last_psi[out.local_rows] = geom.psi_rad[out.psi_idx]
+        n_used = int(layout.view(buf, "n")[0])
+        ess_q = hist_quartiles(layout.view(buf, "ess_hist"), 1.0, max(k, 1.0 + 1e-9))
+        pmax_q = hist_quartiles(layout.view(buf, "pmax_hist"), 0.0, 1.0)
+        revisited = float(layout.view(buf, "revisited")[0])
+        class_w = layout.view(buf, "class_w").copy()
+        dt = time.perf_counter() - t_it
+        record = {
+            "iteration": it + 1, "kind": kind, "sub": sub + 1,
+            "n_sub": c.online_em_iters if kind == "online" else c.final_full_iters,
+            "n_particles": n_used, "seconds": dt, "estep_seconds": t_e,
+            "mstep_seconds": t_m, "particles_per_s": n_used / max(dt, 1e-9),
+            "ess_quartiles": ess_q, "pmax_quartiles": pmax_q,
+            "ess_hist": layout.view(buf, "ess_hist").copy(),
+            "pmax_hist": layout.view(buf, "pmax_hist").copy(),
+            "class_counts": class_w, "empty_classes": int((class_w == 0).sum()),
+            "changed_class_frac": (float(layout.view(buf, "changed_class")[0]) / revisited
+                                   if revisited else float("nan")),
+            "mean_psi_change_deg": (float(layout.view(buf, "psi_change")[0]) / revisited
+                                    if revisited else float("nan")),
+            "mean_loglik": float(layout.view(buf, "loglik")[0]) / max(n_used, 1),
+            "sigma2_used": s2, "sigma2_est": est.copy(), "sigma2_init": state.sigma2_init,
+            "frc_res_A": mstep.frc_resolution(frc_curve, geom.shell_res_A),
+        }
+        state.sigma2_est = est
+        state.iteration = it + 1
+        state.history.append(record)
+        if comm.rank == 0:
+            logger.info(
+                "iter %d/%d %s %d/%d: %d particles, %.2f s (%.0f particles/s); "
+                "ESS quartiles %.2f/%.2f/%.2f; best-class prob quartiles %.3f/%.3f/%.3f; "
+                "%d empty classes; class changed %.1f%%, mean psi change %.1f deg",
+                it + 1, len(plan), "online-EM" if kind == "online" else "full", sub + 1,
+                record["n_sub"], n_used, dt, record["particles_per_s"], *ess_q, *pmax_q,
+                record["empty_classes"], 100 * record["changed_class_frac"],
+                record["mean_psi_change_deg"])
+        if on_iteration is not None:
+            on_iteration(state, geom, record)
+        if it == len(plan) - 1:
+            final = out
+            com_final, alpha_final = com, alpha
+    if final is None:  # resumed after the last iteration: nothing left to compute
+        raise RuntimeError("run already complete: nothing to resume")
+    return finish(state, shard, geom, cfg, comm, final, com_final, alpha_final,
+                  {"preprocess_s": t_pre, "total_s": time.perf_counter() - t0})
+
+
+def finish(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, comm: Comm,
+           final: IterationOutput, com: np.ndarray, alpha: np.ndarray,
+           timings: dict) -> RunResult:
+    """Gather per-particle results, move poses with their recentred classes, sort."""
+    k = cfg.classify.n_classes
+    # poses follow the final recentring (shift by R(psi) com) and verticalization (+alpha)
+    psi = geom.psi_rad[final.psi_idx] + alpha[final.cls]
+    t = geom.shifts_px[final.shift_idx].copy()
+    cps, sps = np.cos(geom.psi_rad[final.psi_idx]), np.sin(geom.psi_rad[final.psi_idx])
+    cx, cy = com[final.cls, 0], com[final.cls, 1]
+    t[:, 0] += cps * cx - sps * cy
+    t[:, 1] += sps * cx + cps * cy
+    scale = geom.work_pixel_A / geom.pixel_size_A
+    local = {"cls": final.cls, "pmax": final.pmax, "ess": final.ess,
+             "psi": np.mod(psi, 2 * np.pi), "shift": t * scale, "score": final.score,
+             "half": to_host(shard.half)}
+    parts = comm.gather(local)
+    counts_all = np.bincount(final.cls, minlength=k).astype(np.float64)
+    counts_all = comm.allreduce_sum(counts_all)
+    if cfg.classify.sort_by_size:
+        order = np.argsort(-counts_all, kind="stable")
+    else:
+        order = np.arange(k)
+    inv = np.empty(k, dtype=np.int64)
+    inv[order] = np.arange(k)
+    state.classes = state.classes[order]
+    if state.frc is not None:
+        state.frc = state.frc[order]
+    if state.num is not None:
+        state.num, state.den = state.num[:, order], state.den[:, order]
+    counts = counts_all[order]
+    frc_res = mstep.frc_resolution(state.frc, geom.shell_res_A)
+    particles = None
+    median_ess = np.full(k, np.nan)
+    mean_post = np.full(k, np.nan)
+    if comm.rank == 0:
+        cat = {key: np.concatenate([p[key] for p in parts]) for key in local}
+        cls = inv[cat["cls"]]
+        particles = ParticleResults(cls, cat["pmax"], cat["ess"], cat["psi"], cat["shift"],
+                                    cat["score"], cat["half"])
+        for j in range(k):
+            sel = cls == j
+            if sel.any():
+                median_ess[j] = float(np.median(cat["ess"][sel]))
+                mean_post[j] = float(np.mean(cat["pmax"][sel]))
+    return RunResult(geom, state, particles, order, counts, frc_res, median_ess, mean_post,
+                     timings)

@@ -1,0 +1,221 @@
+r"""E-step: pose and class log-likelihoods as matrix products, posteriors, and the
+particle-frame sufficient statistics for the M-step.
+
+For particle i (Fourier coefficients :math:`Y_i(k)` on the half plane inside the
+alignment band, Hermitian weights :math:`w_k` in {1, 2}, noise :math:`\sigma^2_k`),
+shift t (phase :math:`S_t`), class k rotated by psi (:math:`V_{k\psi} = R_\psi A_k`):
+
+.. math::
+
+    L_{i t k \psi} = \sum_k \frac{w_k}{\sigma^2_k}\left[
+        \mathrm{Re}\!\left(\overline{Y_i}\, \mathrm{CTF}_i\, S_t\, V_{k\psi}\right)
+        - \tfrac12 \mathrm{CTF}_i^2 |V_{k\psi}|^2 \right]
+
+(the log-likelihood ratio against the empty model :math:`A = 0`). The cross term is
+one real GEMM: rows ``(i, t)`` hold ``[Re U, Im U]`` with
+:math:`U_{it} = \overline{Y_i}\,\mathrm{CTF}_i\, w/\sigma^2\, S_t`, columns ``(k, psi)``
+hold ``[Re V, -Im V]``; the norm term is a second GEMM of
+:math:`\mathrm{CTF}_i^2 w/\sigma^2` against :math:`|V|^2`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cryoclass.backend import array_namespace
+
+
+def _real_view(a):
+    """View a C-contiguous complex (..., M) array as real (..., 2M)."""
+    xp = array_namespace(a)
+    a = xp.ascontiguousarray(a)
+    rdt = np.float32 if a.dtype == np.complex64 else np.float64
+    return a.view(rdt)
+
+
+def pose_loglik(y, ctf, inv_sigma2_w, refs, phases):
+    """Log-likelihood ratios of all poses and classes for a chunk of particles.
+
+    Parameters
+    ----------
+    y : complex (n_particles, M)
+        Particle coefficients in the alignment band.
+    ctf : real (n_particles, M)
+    inv_sigma2_w : real (M,)
+        Hermitian weight over noise variance, ``w_k / sigma2_k`` (0 to drop a coefficient).
+    refs : complex (n_refs, M)
+        Rotated class coefficients, ``n_refs = n_classes * n_psi``.
+    phases : complex (n_shifts, M)
+        ``S_t(k)``.
+
+    Returns
+    -------
+    real (n_particles, n_shifts, n_refs)
+    """
+    xp = array_namespace(y)
+    z = xp.conj(y) * (ctf * inv_sigma2_w[None, :])  # (n_p, M)
+    u = z[:, None, :] * phases[None, :, :]  # (n_p, n_t, M)
+    n_p, n_t, m = u.shape
+    uf = _real_view(u).reshape(n_p * n_t, 2 * m)
+    vf = _real_view(xp.conj(refs))  # (n_refs, 2M) = [Re V, -Im V]
+    cross = uf @ vf.T  # (n_p n_t, n_refs)
+    power = (refs.real**2 + refs.imag**2).astype(uf.dtype)  # (n_refs, M)
+    norm = ((ctf * ctf) * inv_sigma2_w[None, :]).astype(uf.dtype) @ power.T  # (n_p, n_refs)
+    return cross.reshape(n_p, n_t, -1) - 0.5 * norm[:, None, :]
+
+
+def logsumexp(a, axis):
+    """Numerically stable log-sum-exp along axes (xp-generic)."""
+    xp = array_namespace(a)
+    m = a.max(axis=axis, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0.0)
+    out = xp.log(xp.exp(a - m).sum(axis=axis, keepdims=True)) + m
+    return xp.squeeze(out, axis=axis)
+
+
+@dataclass
+class Posteriors:
+    """Per-particle results of one chunk (arrays on the compute device).
+
+    Shapes: ``P`` particles, ``K`` classes.
+    """
+
+    class_post: object  # (P, K) class posteriors p_ik
+    best_shift: object  # (P, K) int index of the best shift per class
+    best_psi: object  # (P, K) int index of the best rotation per class
+    best_loglik: object  # (P, K) L at the best pose of each class
+    pose_weights: object | None  # (P, n_shifts, K, n_psi) within-class pose posteriors
+    class_score: object  # (P, K) class log-evidence (max or log-marginal over poses)
+
+
+def posteriors(loglik, n_classes: int, log_prior_shift, log_prior_class, force_max: bool):
+    """Class posteriors (always marginal over classes) and pose posteriors.
+
+    Parameters
+    ----------
+    loglik : real (P, n_shifts, K * n_psi)
+    log_prior_shift : real (n_shifts,)
+        Normalized log prior of each shift.
+    log_prior_class : real (K,)
+    force_max : bool
+        Class evidence is the best pose (True) or the marginal over poses (False,
+        with a uniform prior over psi).
+    """
+    xp = array_namespace(loglik)
+    p, n_t, kr = loglik.shape
+    n_psi = kr // n_classes
+    lp = loglik.reshape(p, n_t, n_classes, n_psi) + log_prior_shift[None, :, None, None]
+    # best pose per class
+    flat = xp.moveaxis(lp, 2, 1).reshape(p, n_classes, n_t * n_psi)  # (P, K, n_t*n_psi)
+    arg = flat.argmax(axis=2)
+    best_val = xp.take_along_axis(flat, arg[..., None], axis=2)[..., 0]
+    best_shift = arg // n_psi
+    best_psi = arg % n_psi
+    best_ll = xp.take_along_axis(
+        xp.moveaxis(loglik.reshape(p, n_t, n_classes, n_psi), 2, 1).reshape(p, n_classes, -1),
+        arg[..., None], axis=2)[..., 0]
+    weights = None
+    if force_max:
+        score = best_val
+    else:
+        score = logsumexp(flat, axis=2) - np.log(n_psi)
+        w = xp.exp(flat - (score + np.log(n_psi))[..., None])  # sums to 1 over poses
+        weights = xp.moveaxis(w.reshape(p, n_classes, n_t, n_psi), 1, 2)  # (P, n_t, K, n_psi)
+    logits = score.astype(np.float64) + log_prior_class[None, :]
+    logits = logits - logits.max(axis=1, keepdims=True)
+    cp = xp.exp(logits)
+    cp /= cp.sum(axis=1, keepdims=True)
+    return Posteriors(cp, best_shift, best_psi, best_ll, weights, score)
+
+
+def effective_sample_size(class_post):
+    """ESS over classes, ``1 / sum_k p_ik^2``: shape (P,)."""
+    return 1.0 / (class_post**2).sum(axis=1)
+
+
+def accumulate_force_max(num, den, g, ctf2, phases_full, post: Posteriors, half,
+                         weights, p_min: float = 1e-4):
+    """Add one chunk's best-pose contributions to particle-frame bins (in place).
+
+    Parameters
+    ----------
+    num : complex128 (2 * K * n_psi, M_f)
+        Bins ``(half, class, psi)``: sum of ``w * CTF * Y * conj(S_t)``.
+    den : float64 (2 * K * n_psi, M_f)
+        Same bins: sum of ``w * CTF^2``.
+    g : complex (P, M_f)
+        ``CTF_i * Y_i`` on the averaging disk.
+    ctf2 : real (P, M_f)
+    phases_full : complex (n_shifts, M_f)
+    weights : real (P, K)
+        Class weights for the M-step (posteriors, or one-hot for hard classification).
+    half : int (P,) half-set 0/1.
+    """
+    xp = array_namespace(g)
+    p, k = weights.shape
+    n_psi = num.shape[0] // (2 * k)
+    ii, kk = xp.nonzero(weights > p_min)
+    if ii.size == 0:
+        return
+    w = weights[ii, kk]
+    t = post.best_shift[ii, kk]
+    bins = (half[ii] * k + kk) * n_psi + post.best_psi[ii, kk]
+    vals = g[ii] * xp.conj(phases_full[t]) * w[:, None]
+    _segment_add(num, bins, vals.astype(np.complex128))
+    _segment_add(den, bins, (ctf2[ii] * w[:, None]).astype(np.float64))
+
+
+def _segment_add(target, bins, rows):
+    """``target[bins[j]] += rows[j]`` for repeated bins (sort + cumulative sums)."""
+    xp = array_namespace(rows)
+    order = xp.argsort(bins, kind="stable")
+    b = bins[order]
+    r = rows[order]
+    cs = xp.cumsum(r, axis=0)
+    last = xp.nonzero(xp.concatenate([b[1:] != b[:-1], xp.asarray([True])]))[0]
+    sums = cs[last]
+    sums[1:] = sums[1:] - cs[last[:-1]]
+    target[b[last]] += sums
+
+
+def accumulate_marginal(num, den, g, ctf2, phases_full, post: Posteriors, half, weights):
+    """Add one chunk's pose-marginalized contributions (two GEMMs per half-set)."""
+    xp = array_namespace(g)
+    p, n_t, k, n_psi = post.pose_weights.shape
+    for h in (0, 1):
+        sel = xp.nonzero(half == h)[0]
+        if sel.size == 0:
+            continue
+        pw = post.pose_weights[sel] * weights[sel][:, None, :, None]  # (p_h, n_t, K, n_psi)
+        gs = g[sel][:, None, :] * xp.conj(phases_full)[None]  # (p_h, n_t, M_f)
+        gf = _real_view(gs).reshape(sel.size * n_t, -1)
+        wmat = pw.reshape(sel.size * n_t, k * n_psi).astype(gf.dtype)
+        acc = (wmat.T @ gf).astype(np.float64)  # (K n_psi, 2 M_f)
+        rows = slice(h * k * n_psi, (h + 1) * k * n_psi)
+        num[rows] += acc.view(np.complex128)
+        wsum = pw.sum(axis=1).reshape(sel.size, k * n_psi).astype(ctf2.dtype)
+        den[rows] += (wsum.T @ ctf2[sel]).astype(np.float64)
+
+
+def residual_power(y_full, ctf_full, refs_full, phases_full, cls, t_idx, psi_idx,
+                   shell, n_shells: int, n_psi: int):
+    """Per-shell residual power at each particle's best pose, summed over particles.
+
+    Parameters
+    ----------
+    y_full, ctf_full : (P, M_f)
+    refs_full : complex (K * n_psi, M_f)
+    cls, t_idx, psi_idx : int (P,)
+    shell : int (M_f,)
+
+    Returns
+    -------
+    float64 (n_shells,): ``sum_i |Y_i - CTF_i S_t R_psi A_k|^2`` per shell.
+    """
+    xp = array_namespace(y_full)
+    model = ctf_full * phases_full[t_idx] * refs_full[cls * n_psi + psi_idx]
+    r = y_full - model
+    pw = (r.real.astype(np.float64) ** 2 + r.imag.astype(np.float64) ** 2).sum(axis=0)
+    return xp.bincount(shell, weights=pw, minlength=n_shells)[:n_shells]

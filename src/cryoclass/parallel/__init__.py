@@ -1,0 +1,1 @@
+"""Partitioning (pure) and the few collectives the driver needs."""

@@ -1,0 +1,68 @@
+"""The collectives the driver needs, over an mpi4py communicator or none.
+
+``Comm(mpi_comm)`` wraps an mpi4py communicator; ``Comm(None)`` is a one-rank
+stand-in so the driver runs (and is tested) without MPI. The communicator is always
+passed in: nothing here touches ``MPI.COMM_WORLD``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class Comm:
+    """Sum-allreduce, broadcast, gather and abort on a (possibly absent) communicator."""
+
+    def __init__(self, mpi_comm=None):
+        self.mpi = mpi_comm
+        self.rank = 0 if mpi_comm is None else mpi_comm.Get_rank()
+        self.size = 1 if mpi_comm is None else mpi_comm.Get_size()
+
+    def allreduce_sum(self, buf: np.ndarray) -> np.ndarray:
+        """Sum a contiguous float64 host buffer over ranks, in place; returns it."""
+        if self.mpi is not None and self.size > 1:
+            from mpi4py import MPI
+
+            self.mpi.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        return buf
+
+    def bcast(self, obj, root: int = 0):
+        """Broadcast a small Python object."""
+        if self.mpi is None or self.size == 1:
+            return obj
+        return self.mpi.bcast(obj, root=root)
+
+    def gather(self, obj, root: int = 0):
+        """Gather small Python objects to ``root`` (None elsewhere)."""
+        if self.mpi is None or self.size == 1:
+            return [obj]
+        return self.mpi.gather(obj, root=root)
+
+    def allgather(self, obj):
+        """Gather small Python objects to every rank."""
+        if self.mpi is None or self.size == 1:
+            return [obj]
+        return self.mpi.allgather(obj)
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+        if self.mpi is not None and self.size > 1:
+            self.mpi.Barrier()
+
+    def abort(self, code: int) -> None:
+        """Stop every rank of the job (never returns)."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if self.mpi is not None and self.size > 1:
+            self.mpi.Abort(code)
+        raise SystemExit(code)
+
+    def any_true(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is true on any rank."""
+        buf = np.array([1.0 if flag else 0.0])
+        return bool(self.allreduce_sum(buf)[0] > 0)

@@ -1,0 +1,249 @@
+r"""Chunked image generation from a :class:`~cryoclass.simulation.plan.Plan`.
+
+For row ``i`` with species projection (real particle or off-centre junk)::
+
+    clean_i = c * IFFT[ CTF_i * FFT[ proj(Rz(psi_i) R_v,i X, t_i) ] ]
+    image_i = clean_i + noise_i
+
+``proj`` renders the rotated, shifted atoms exactly (no interpolation), ``c`` is one
+global signal scale chosen so that the mean signal variance of real particles is ``snr``
+times the noise variance (which is 1), and ``noise_i`` is coloured Gaussian noise of unit
+pixel variance. Noise comes in fixed blocks of :data:`NOISE_BLOCK` rows, each from its
+own seed stream, so it does not depend on the chunk size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+
+import numpy as np
+
+from cryoclass.simulation import render
+from cryoclass.simulation.params import SimulationParams
+from cryoclass.simulation.phantoms import Phantom, make_phantoms
+from cryoclass.simulation.plan import (
+    JUNK_TYPES,
+    STREAM_CALIBRATION,
+    STREAM_JUNK,
+    STREAM_NOISE,
+    Plan,
+    draw_poses,
+    make_plan,
+    rng_for,
+    species_views,
+)
+from cryoclass.simulation.views import (
+    random_filament_rotations,
+    random_rotations,
+    representative_views,
+    rot_z,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Rows per noise block (each block has its own random stream).
+NOISE_BLOCK = 64
+#: Real particles rendered to calibrate the signal scale.
+N_CALIBRATION = 384
+#: Representative views stored for continuous orientations.
+N_REPRESENTATIVE_VIEWS = 12
+
+_OFF = JUNK_TYPES.index("off_centre")
+_ICE = JUNK_TYPES.index("ice_gradient")
+_AGG = JUNK_TYPES.index("aggregate")
+
+
+@functools.lru_cache(maxsize=8)
+def _phantoms(n_species: int, diameter_A: float, box_A: float, pixel_size_A: float,
+              filament: bool) -> tuple[Phantom, ...]:
+    return tuple(make_phantoms(n_species, diameter_A, box_A, pixel_size_A, filament))
+
+
+@functools.lru_cache(maxsize=8)
+def _signal_scale(params: SimulationParams) -> float:
+    """Global signal scale ``c`` giving the requested SNR (noise pixel variance 1).
+
+    Estimated from :data:`N_CALIBRATION` real particles drawn from their own stream,
+    so it depends on the parameters and the seed, not on N or the chunk size.
+    """
+    sim = Simulator(params, plan=False)
+    rng = rng_for(params.seed, STREAM_CALIBRATION)
+    poses = draw_poses(rng, N_CALIBRATION, params, sim.views, sim.is_filament)
+    signal = sim.render_species(poses.species, poses.rotation, poses.psi_deg, poses.shift_px)
+    signal = sim.ctf_modulate(signal, poses.defocus_u_A, poses.defocus_v_A,
+                              poses.defocus_angle_deg)
+    mean_var = float(np.mean(np.var(signal.astype(np.float64), axis=(1, 2))))
+    scale = float(np.sqrt(params.snr / mean_var))
+    logger.debug("signal scale %.4g (mean unscaled signal variance %.4g)", scale, mean_var)
+    return scale
+
+
+class Simulator:
+    """Phantoms, views, plan and image formation of one data set.
+
+    Parameters
+    ----------
+    params : SimulationParams
+        The data set definition.
+    plan : bool
+        Draw the per-row plan (set False for calibration-only use).
+    """
+
+    def __init__(self, params: SimulationParams, plan: bool = True) -> None:
+        self.params = params
+        self.n = params.box_px
+        self.phantoms = _phantoms(params.n_species, params.diameter_A,
+                                  params.box_px * params.pixel_size_A, params.pixel_size_A,
+                                  params.include_filament)
+        self.is_filament = [p.is_filament for p in self.phantoms]
+        self.views = species_views(params, self.is_filament)
+        self.noise_filter = render.noise_filter(self.n, params.pixel_size_A,
+                                                params.noise_corner_A, params.noise_floor)
+        self.plan: Plan | None = make_plan(params, self.views, self.is_filament) if plan else None
+        self._scale: float | None = None
+        self._noise_cache: tuple[int, np.ndarray] | None = None
+
+    # -- pieces -------------------------------------------------------------------
+    @property
+    def scale(self) -> float:
+        """Global signal scale (noise pixel variance is 1)."""
+        if self._scale is None:
+            # only the image-formation parameters matter: share the cache across N, chunk
+            key = dataclasses.replace(self.params, n_particles=1, chunk=1, junk_fraction=0.0,
+                                      duplicate_fraction=0.0, particles_per_micrograph=1)
+            self._scale = _signal_scale(key)
+        return self._scale
+
+    def render_species(self, species, rotation, psi_deg, shift_px) -> np.ndarray:
+        """Unscaled, CTF-free projections (m, n, n) of species under poses."""
+        species = np.asarray(species)
+        out = np.empty((species.shape[0], self.n, self.n), dtype=np.float32)
+        full = rot_z(np.deg2rad(psi_deg)) @ rotation
+        for k in np.unique(species):
+            sel = np.nonzero(species == k)[0]
+            ph = self.phantoms[int(k)]
+            out[sel] = render.project(ph.coords_A, full[sel], np.asarray(shift_px)[sel],
+                                      ph.sigma_A, ph.weight, self.n, self.params.pixel_size_A)
+        return out
+
+    def ctf_modulate(self, images, defocus_u_A, defocus_v_A, defocus_angle_deg) -> np.ndarray:
+        """Apply each row's CTF (no-op when the CTF is off)."""
+        p = self.params
+        if not p.ctf or images.shape[0] == 0:
+            return images
+        ctf = render.particle_ctf(self.n, p.pixel_size_A, defocus_u_A, defocus_v_A,
+                                  defocus_angle_deg, p.voltage_kv, p.cs_mm,
+                                  p.amplitude_contrast)
+        return render.apply_ctf(images, ctf)
+
+    def clean_projections(self) -> tuple[np.ndarray, np.ndarray]:
+        """Scaled, CTF-free projections at psi 0, t 0 of each species' views.
+
+        Returns
+        -------
+        projections : ndarray (n_species, n_views, n, n) float32
+        rotations : ndarray (n_species, n_views, 3, 3)
+            The discrete views, or :data:`N_REPRESENTATIVE_VIEWS` representative
+            views when orientations are continuous.
+        """
+        rots = []
+        for k, fil in enumerate(self.is_filament):
+            if self.params.views_per_species > 0:
+                rots.append(self.views[k])
+            else:
+                rots.append(representative_views(N_REPRESENTATIVE_VIEWS, fil))
+        rots_a = np.stack(rots)
+        n_sp, n_v = rots_a.shape[:2]
+        species = np.repeat(np.arange(n_sp), n_v)
+        proj = self.render_species(species, rots_a.reshape(-1, 3, 3), np.zeros(n_sp * n_v),
+                                   np.zeros((n_sp * n_v, 2)))
+        return (proj * np.float32(self.scale)).reshape(n_sp, n_v, self.n, self.n), rots_a
+
+    def _junk_signal(self, row: int, code: int) -> np.ndarray:
+        """Unscaled, CTF-free signal (n, n) of an aggregate junk row."""
+        p, n = self.params, self.n
+        rng = rng_for(p.seed, STREAM_JUNK, row)
+        diam_px = p.particle_diameter_px
+        if code != _AGG:
+            return np.zeros((n, n), dtype=np.float32)
+        if rng.random() < 0.7:  # 2-4 overlapping particles
+            k = int(rng.integers(2, 5))
+            species = rng.integers(0, p.n_species, k)
+            rot = random_rotations(rng, k)
+            fil = random_filament_rotations(rng, k)
+            is_fil = np.asarray(self.is_filament)[species]
+            rot = np.where(is_fil[:, None, None], fil, rot)
+            shift = np.clip(rng.normal(0.0, 0.22 * diam_px, (k, 2)), -0.3 * n, 0.3 * n)
+            return self.render_species(species, rot, rng.uniform(0, 360, k), shift).sum(0)
+        # one big irregular blob of wide Gaussians
+        m = int(rng.integers(30, 61))
+        xy = rng.normal(0.0, 0.2 * diam_px, (1, m, 2))
+        sigma = rng.uniform(0.05, 0.12, m) * diam_px
+        mass = rng.uniform(1.5, 2.5) * np.mean([ph.weight.sum() for ph in self.phantoms])
+        w = rng.uniform(0.3, 1.0, m)
+        return render.render_atoms(xy, sigma, w * (mass / w.sum()), n)[0]
+
+    def _ice_gradient(self, row: int) -> np.ndarray:
+        """A strong ramp plus a broad bump (n, n), in units of the noise sigma."""
+        n = self.n
+        rng = rng_for(self.params.seed, STREAM_JUNK, row)
+        theta = rng.uniform(0.0, 2 * np.pi)
+        amp = rng.uniform(2.0, 4.0)
+        c = np.arange(n) - n // 2
+        y, x = np.meshgrid(c, c, indexing="ij")
+        ramp = amp * (x * np.cos(theta) + y * np.sin(theta)) / (n / 2)
+        bx, by = rng.uniform(-0.3 * n, 0.3 * n, 2)
+        width = rng.uniform(0.2, 0.4) * n
+        bump = rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 1.5) * np.exp(
+            -((x - bx) ** 2 + (y - by) ** 2) / (2 * width**2))
+        return (ramp + bump).astype(np.float32)
+
+    def _noise(self, start: int, stop: int) -> np.ndarray:
+        """Coloured unit-variance noise of rows [start, stop), (stop-start, n, n)."""
+        n = self.n
+        out = np.empty((stop - start, n, n), dtype=np.float32)
+        for b in range(start // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK + 1):
+            if self._noise_cache is not None and self._noise_cache[0] == b:
+                block = self._noise_cache[1]
+            else:
+                rng = rng_for(self.params.seed, STREAM_NOISE, b)
+                white = rng.standard_normal((NOISE_BLOCK, n, n), dtype=np.float32)
+                block = render.colour_noise(white, self.noise_filter)
+                self._noise_cache = (b, block)
+            b0 = b * NOISE_BLOCK
+            lo, hi = max(start, b0), min(stop, b0 + NOISE_BLOCK)
+            out[lo - start: hi - start] = block[lo - b0: hi - b0]
+        return out
+
+    # -- rows -----------------------------------------------------------------------
+    def generate(self, start: int, stop: int, noise: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Images and noise-free images of rows [start, stop).
+
+        Returns
+        -------
+        images, clean : ndarray (stop - start, n, n) float32
+        """
+        pl = self.plan
+        assert pl is not None
+        rows = np.arange(start, stop)
+        code = pl.junk_code[rows]
+        src = pl.source_species[rows]
+        signal = np.zeros((rows.size, self.n, self.n), dtype=np.float32)
+        has_proj = src >= 0
+        sel = np.nonzero(has_proj)[0]
+        if sel.size:
+            r = rows[sel]
+            signal[sel] = self.render_species(src[sel], pl.rotation[r], pl.psi_deg[r],
+                                              pl.shift_px[r])
+        for j in np.nonzero(code == _AGG)[0]:
+            signal[j] = self._junk_signal(int(rows[j]), int(code[j]))
+        signal *= np.float32(self.scale)
+        clean = self.ctf_modulate(signal, pl.defocus_u_A[rows], pl.defocus_v_A[rows],
+                                  pl.defocus_angle_deg[rows])
+        for j in np.nonzero(code == _ICE)[0]:
+            clean[j] += self._ice_gradient(int(rows[j]))
+        if not noise:
+            return clean.copy(), clean
+        return clean + self._noise(start, stop), clean

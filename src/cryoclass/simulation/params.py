@@ -1,0 +1,327 @@
+"""Simulation parameters, their validation and the ``cryoclass simulate`` flags.
+
+Examples
+--------
+>>> p = SimulationParams(n_particles=100, box_px=64)
+>>> p.particle_diameter_px
+35.2
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+
+from cryoclass.errors import InputError
+
+#: Fraction of the box (in Å) used as the particle diameter when none is given.
+DEFAULT_DIAMETER_FRACTION = 0.55
+
+
+@dataclass(frozen=True)
+class SimulationParams:
+    """Everything that defines a simulated data set (with ``seed``, it is reproducible).
+
+    Attributes
+    ----------
+    n_particles : int
+        Number of particle images (rows of the STAR file), junk and duplicates included.
+    box_px : int
+        Image box size in pixels.
+    pixel_size_A : float
+        Pixel size in Å.
+    particle_diameter_A : float or None
+        Largest extent of the globular phantoms in Å; ``None`` = 0.55 of the box in Å.
+    n_species : int
+        Number of distinct particle species (the filament included when requested).
+    species_fractions : tuple of float or None
+        Relative abundance of each species (normalised); ``None`` = equal.
+    include_filament : bool
+        Make the last species a helical filament spanning most of the box.
+    views_per_species : int
+        Discrete out-of-plane views per species; 0 = uniformly random 3D orientations.
+    snr : float
+        Mean (over real particles) CTF-modulated signal variance over the box divided by
+        the noise variance.
+    junk_fraction : float
+        Fraction of the rows that are junk (pure noise, ice gradient, off-centre, aggregate).
+    duplicate_fraction : float
+        Fraction of the physical (non-junk) particles that are picked a second time.
+    shift_sigma_px : float
+        Standard deviation of the true in-plane shift per axis (px), clipped at 3 sigma.
+    defocus_range_A : tuple of float
+        Defocus U is uniform in this range (Å, underfocus positive).
+    astig_max_A : float
+        ``U - V`` is uniform in ``[0, astig_max_A]`` (Å).
+    ctf : bool
+        Apply the CTF; ``False`` writes CTF-off values (Q = 1, defocus 0, Cs 0).
+    voltage_kv, cs_mm, amplitude_contrast : float
+        Microscope optics used when ``ctf`` is on.
+    noise_corner_A : float
+        Resolution (Å) where the coloured noise power has fallen to half its excess.
+    noise_floor : float
+        White part of the noise power relative to the low-frequency excess.
+    particles_per_micrograph : int
+        Picks per micrograph (approximate; capped by what fits without overlap).
+    micrograph_size_px : int
+        Micrograph width and height in pixels.
+    seed : int
+        Random seed; the output does not depend on ``chunk``.
+    chunk : int
+        Particles generated and held in memory at a time.
+    """
+
+    n_particles: int = 1000
+    box_px: int = 64
+    pixel_size_A: float = 3.0
+    particle_diameter_A: float | None = None
+    n_species: int = 3
+    species_fractions: tuple[float, ...] | None = None
+    include_filament: bool = False
+    views_per_species: int = 3
+    snr: float = 0.05
+    junk_fraction: float = 0.2
+    duplicate_fraction: float = 0.05
+    shift_sigma_px: float = 2.0
+    defocus_range_A: tuple[float, float] = (10000.0, 25000.0)
+    astig_max_A: float = 600.0
+    ctf: bool = True
+    voltage_kv: float = 300.0
+    cs_mm: float = 2.7
+    amplitude_contrast: float = 0.07
+    noise_corner_A: float = 30.0
+    noise_floor: float = 0.25
+    particles_per_micrograph: int = 100
+    micrograph_size_px: int = 4096
+    seed: int = 0
+    chunk: int = 2000
+
+    def __post_init__(self) -> None:
+        """Normalise tuple fields and validate every value."""
+        object.__setattr__(
+            self, "defocus_range_A", tuple(float(v) for v in self.defocus_range_A)
+        )
+        if self.species_fractions is not None:
+            object.__setattr__(
+                self, "species_fractions", tuple(float(v) for v in self.species_fractions)
+            )
+        self.validate()
+
+    # -- derived quantities -------------------------------------------------------
+    @property
+    def diameter_A(self) -> float:
+        """Particle diameter in Å (explicit or 0.55 of the box)."""
+        if self.particle_diameter_A is not None:
+            return float(self.particle_diameter_A)
+        return DEFAULT_DIAMETER_FRACTION * self.box_px * self.pixel_size_A
+
+    @property
+    def particle_diameter_px(self) -> float:
+        """Particle diameter in pixels."""
+        return round(self.diameter_A / self.pixel_size_A, 6)
+
+    @property
+    def ctf_values(self) -> dict[str, float]:
+        """Optics written to the STAR file (CTF-off values when ``ctf`` is False)."""
+        if self.ctf:
+            return {
+                "voltage_kv": self.voltage_kv,
+                "cs_mm": self.cs_mm,
+                "amplitude_contrast": self.amplitude_contrast,
+            }
+        return {"voltage_kv": self.voltage_kv, "cs_mm": 0.0, "amplitude_contrast": 1.0}
+
+    def to_dict(self) -> dict:
+        """Plain-JSON dictionary of all fields (the derived diameter included)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["defocus_range_A"] = list(self.defocus_range_A)
+        if self.species_fractions is not None:
+            d["species_fractions"] = list(self.species_fractions)
+        d["diameter_A_resolved"] = self.diameter_A
+        return d
+
+    def to_json(self) -> str:
+        """JSON text of :meth:`to_dict` (stored with every output)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    # -- validation ---------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise :class:`~cryoclass.errors.InputError` for any unusable value."""
+
+        def bad(msg: str) -> None:
+            raise InputError(f"simulate: {msg}")
+
+        def finite(name: str) -> float:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                bad(f"{name} must be a finite number, got {v!r}")
+            return float(v)
+
+        for name in ("n_particles", "box_px", "n_species", "views_per_species",
+                     "particles_per_micrograph", "micrograph_size_px", "seed", "chunk"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                bad(f"{name} must be an integer, got {v!r}")
+        if self.n_particles <= 0:
+            bad(f"number of particles must be > 0, got {self.n_particles}")
+        if self.box_px < 16:
+            bad(f"box must be at least 16 px, got {self.box_px}")
+        if finite("pixel_size_A") <= 0:
+            bad(f"pixel size must be > 0 Å, got {self.pixel_size_A}")
+        if self.particle_diameter_A is not None:
+            d = finite("particle_diameter_A")
+            if d <= 0 or d > self.box_px * self.pixel_size_A:
+                bad(f"particle diameter must be in (0, box size = "
+                    f"{self.box_px * self.pixel_size_A:g} Å], got {d:g} Å")
+        if self.n_species < 1:
+            bad(f"number of species must be >= 1, got {self.n_species}")
+        if self.species_fractions is not None:
+            fr = self.species_fractions
+            if len(fr) != self.n_species:
+                bad(f"species fractions has {len(fr)} values for {self.n_species} species")
+            if any((not math.isfinite(v)) or v < 0 for v in fr) or sum(fr) <= 0:
+                bad(f"species fractions must be >= 0 with a positive sum, got {list(fr)}")
+        if self.views_per_species < 0:
+            bad(f"views per species must be >= 0 (0 = random), got {self.views_per_species}")
+        if finite("snr") <= 0:
+            bad(f"snr must be > 0, got {self.snr}")
+        for name in ("junk_fraction", "duplicate_fraction"):
+            v = finite(name)
+            if not 0.0 <= v < 1.0:
+                bad(f"{name.replace('_', ' ')} must be in [0, 1), got {v}")
+        if finite("shift_sigma_px") < 0:
+            bad(f"shift sigma must be >= 0 px, got {self.shift_sigma_px}")
+        if len(self.defocus_range_A) != 2:
+            bad(f"defocus range needs two values (min, max) in Å, got {self.defocus_range_A}")
+        lo, hi = self.defocus_range_A
+        if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or hi < lo:
+            bad(f"defocus range must satisfy 0 <= min <= max (Å), got {self.defocus_range_A}")
+        if finite("astig_max_A") < 0:
+            bad(f"astigmatism must be >= 0 Å, got {self.astig_max_A}")
+        if self.ctf and self.astig_max_A > lo:
+            bad(f"astigmatism ({self.astig_max_A:g} Å) must not exceed the minimum defocus "
+                f"({lo:g} Å)")
+        if finite("voltage_kv") <= 0:
+            bad(f"voltage must be > 0 kV, got {self.voltage_kv}")
+        if finite("cs_mm") < 0:
+            bad(f"spherical aberration must be >= 0 mm, got {self.cs_mm}")
+        if not 0.0 <= finite("amplitude_contrast") <= 1.0:
+            bad(f"amplitude contrast must be in [0, 1], got {self.amplitude_contrast}")
+        if finite("noise_corner_A") <= 0:
+            bad(f"noise corner must be > 0 Å, got {self.noise_corner_A}")
+        if finite("noise_floor") < 0:
+            bad(f"noise floor must be >= 0, got {self.noise_floor}")
+        if self.particles_per_micrograph < 1:
+            bad(f"particles per micrograph must be >= 1, got {self.particles_per_micrograph}")
+        if self.micrograph_size_px < 4 * self.box_px:
+            bad(f"micrograph size must be at least 4 boxes ({4 * self.box_px} px), "
+                f"got {self.micrograph_size_px}")
+        if self.seed < 0:
+            bad(f"seed must be >= 0, got {self.seed}")
+        if self.chunk < 1:
+            bad(f"chunk must be >= 1, got {self.chunk}")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    """Parse ``"a,b,c"`` (or space separated) into floats for argparse."""
+    try:
+        return tuple(float(v) for v in text.replace(",", " ").split())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per :class:`SimulationParams` field to ``parser``.
+
+    The caller adds the output directory; :func:`params_from_args` turns the parsed
+    namespace into validated parameters.
+    """
+    d = SimulationParams.__dataclass_fields__
+    g = parser.add_argument_group("simulation")
+
+    def default(name: str):
+        return d[name].default
+
+    g.add_argument("--n", dest="n_particles", type=int, default=default("n_particles"),
+                   help="number of particle images incl. junk and duplicates "
+                        "(default %(default)s)")
+    g.add_argument("--box", dest="box_px", type=int, default=default("box_px"),
+                   help="box size in px, >= 16 (default %(default)s)")
+    g.add_argument("--pixel-size", dest="pixel_size_A", type=float,
+                   default=default("pixel_size_A"), help="pixel size in Å (default %(default)s)")
+    g.add_argument("--diameter", dest="particle_diameter_A", type=float, default=None,
+                   help="particle diameter in Å (default: 0.55 x box x pixel size)")
+    g.add_argument("--species", dest="n_species", type=int, default=default("n_species"),
+                   help="number of species, the filament included (default %(default)s)")
+    g.add_argument("--species-fractions", dest="species_fractions", type=_floats, default=None,
+                   help="relative abundance per species, e.g. 0.5,0.3,0.2 (default: equal)")
+    g.add_argument("--filament", dest="include_filament", action="store_true",
+                   help="make the last species a helical filament (default off)")
+    g.add_argument("--views-per-species", dest="views_per_species", type=int,
+                   default=default("views_per_species"),
+                   help="discrete out-of-plane views per species; 0 = uniformly random 3D "
+                        "orientations (default %(default)s)")
+    g.add_argument("--snr", dest="snr", type=float, default=default("snr"),
+                   help="signal variance / noise variance over the box, > 0 "
+                        "(default %(default)s)")
+    g.add_argument("--junk", dest="junk_fraction", type=float, default=default("junk_fraction"),
+                   help="fraction of junk images, in [0, 1) (default %(default)s)")
+    g.add_argument("--duplicates", dest="duplicate_fraction", type=float,
+                   default=default("duplicate_fraction"),
+                   help="fraction of real particles picked twice, in [0, 1) "
+                        "(default %(default)s)")
+    g.add_argument("--shift-sigma", dest="shift_sigma_px", type=float,
+                   default=default("shift_sigma_px"),
+                   help="sigma of the true shift per axis in px, clipped at 3 sigma "
+                        "(default %(default)s)")
+    g.add_argument("--defocus-range", dest="defocus_range_A", type=_floats,
+                   default=default("defocus_range_A"),
+                   help="min,max defocus U in Å (default 10000,25000)")
+    g.add_argument("--astig-max", dest="astig_max_A", type=float, default=default("astig_max_A"),
+                   help="maximum |defocus U - V| in Å (default %(default)s)")
+    g.add_argument("--no-ctf", dest="ctf", action="store_false",
+                   help="no CTF: images without CTF, STAR gets Q=1, defocus 0, Cs 0")
+    g.add_argument("--voltage", dest="voltage_kv", type=float, default=default("voltage_kv"),
+                   help="acceleration voltage in kV (default %(default)s)")
+    g.add_argument("--cs", dest="cs_mm", type=float, default=default("cs_mm"),
+                   help="spherical aberration in mm (default %(default)s)")
+    g.add_argument("--amplitude-contrast", dest="amplitude_contrast", type=float,
+                   default=default("amplitude_contrast"),
+                   help="amplitude contrast fraction (default %(default)s)")
+    g.add_argument("--noise-corner", dest="noise_corner_A", type=float,
+                   default=default("noise_corner_A"),
+                   help="resolution in Å where the coloured noise excess halves "
+                        "(default %(default)s)")
+    g.add_argument("--noise-floor", dest="noise_floor", type=float,
+                   default=default("noise_floor"),
+                   help="white noise floor relative to the low-frequency excess "
+                        "(default %(default)s)")
+    g.add_argument("--particles-per-micrograph", dest="particles_per_micrograph", type=int,
+                   default=default("particles_per_micrograph"),
+                   help="picks per micrograph (default %(default)s)")
+    g.add_argument("--micrograph-size", dest="micrograph_size_px", type=int,
+                   default=default("micrograph_size_px"),
+                   help="micrograph width/height in px (default %(default)s)")
+    g.add_argument("--seed", dest="seed", type=int, default=default("seed"),
+                   help="random seed (default %(default)s)")
+    g.add_argument("--chunk", dest="chunk", type=int, default=default("chunk"),
+                   help="particles generated in memory at a time; does not change the "
+                        "output (default %(default)s)")
+
+
+def params_from_args(ns: argparse.Namespace) -> SimulationParams:
+    """Build validated :class:`SimulationParams` from a namespace of :func:`add_arguments`.
+
+    Raises
+    ------
+    InputError
+        For any value out of range.
+    """
+    kwargs = {}
+    for f in dataclasses.fields(SimulationParams):
+        if hasattr(ns, f.name):
+            kwargs[f.name] = getattr(ns, f.name)
+    return SimulationParams(**kwargs)

@@ -1,0 +1,254 @@
+"""Pseudo-atomic 3D phantoms: sums of isotropic 3D Gaussian "atoms".
+
+Each globular phantom is a few ellipsoidal domains of different sizes filled with atoms
+at a constant number density, so that heavier domains project darker and its views differ
+clearly. The filament is a one-start helix of small asymmetric subunits along the object
+x axis. Phantoms do not depend on the random seed: species ``k`` always has the same shape.
+
+All coordinates are in Å, centred on the centre of mass; a projection along z of an atom
+of weight ``w`` and width ``sigma`` is the 2D Gaussian ``w / (2 pi sigma^2) exp(-r^2 / (2
+sigma^2))`` (see :mod:`cryoclass.simulation.render`).
+
+Examples
+--------
+>>> ph = make_phantoms(n_species=3, diameter_A=105.6, box_A=192.0, pixel_size_A=3.0)
+>>> [p.name for p in ph]
+['tri_domain', 'dumbbell_knob', 'four_lobe']
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: Atoms per unit volume, in units of the particle diameter cubed.
+ATOM_DENSITY = 6000.0
+#: Atom width as a fraction of the particle diameter (raised to >= 1 px when rendered).
+ATOM_SIGMA_FRACTION = 0.022
+#: Base seed of the (seed-independent) phantom atom positions.
+_PHANTOM_SEED = 20240517
+
+# Globular designs: domains (centre xyz, semi-axes abc) in units of the diameter, plus
+# straight linkers (start, end, radius) between domains.
+_DESIGNS: dict[str, dict] = {
+    "tri_domain": {
+        "domains": [((-0.16, -0.08, 0.00), (0.20, 0.16, 0.15)),
+                    ((0.19, -0.13, 0.05), (0.13, 0.11, 0.10)),
+                    ((0.10, 0.21, -0.06), (0.08, 0.08, 0.07))],
+        "linkers": [((-0.02, -0.10, 0.02), (0.10, -0.12, 0.04), 0.035)],
+    },
+    "dumbbell_knob": {
+        "domains": [((-0.20, 0.00, 0.00), (0.16, 0.15, 0.14)),
+                    ((0.22, 0.03, 0.02), (0.11, 0.10, 0.10)),
+                    ((0.02, 0.06, 0.16), (0.07, 0.06, 0.07))],
+        "linkers": [((-0.06, 0.0, 0.0), (0.12, 0.02, 0.01), 0.045)],
+    },
+    "four_lobe": {
+        "domains": [((0.00, 0.00, 0.00), (0.15, 0.13, 0.12)),
+                    ((0.18, 0.14, 0.04), (0.09, 0.08, 0.08)),
+                    ((-0.16, 0.17, -0.06), (0.07, 0.10, 0.06)),
+                    ((0.05, -0.22, 0.10), (0.11, 0.07, 0.08))],
+        "linkers": [],
+    },
+    "arc_knob": {
+        "arc": ((0.0, 0.0, 0.0), 0.24, 0.075, 1.5 * np.pi),
+        "domains": [((0.24, -0.05, 0.05), (0.10, 0.09, 0.11))],
+        "linkers": [],
+    },
+}
+
+
+@dataclass(frozen=True)
+class Phantom:
+    """A pseudo-atomic density.
+
+    Attributes
+    ----------
+    name : str
+        Design name.
+    coords_A : ndarray (n_atoms, 3)
+        Atom centres (x, y, z) in Å, centre of mass at the origin.
+    sigma_A : ndarray (n_atoms,)
+        Atom Gaussian widths in Å.
+    weight : ndarray (n_atoms,)
+        Atom masses (arbitrary units; the signal is rescaled to the requested SNR).
+    is_filament : bool
+        True for the helical filament (axis along object x).
+    """
+
+    name: str
+    coords_A: np.ndarray
+    sigma_A: np.ndarray
+    weight: np.ndarray
+    is_filament: bool = False
+
+    @property
+    def n_atoms(self) -> int:
+        """Number of atoms."""
+        return int(self.coords_A.shape[0])
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """Uniform random 3x3 rotation (from a normalised Gaussian quaternion)."""
+    q = rng.standard_normal(4)
+    q /= np.linalg.norm(q)
+    w, x, y, z = q
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def _fill_ellipsoid(rng, centre, semi_axes) -> np.ndarray:
+    """Atoms uniform inside a randomly oriented ellipsoid, count set by the density."""
+    a = np.asarray(semi_axes, dtype=float)
+    n = max(4, int(round(ATOM_DENSITY * 4.0 / 3.0 * np.pi * np.prod(a))))
+    u = rng.standard_normal((n, 3))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    u *= rng.uniform(0.0, 1.0, (n, 1)) ** (1.0 / 3.0)
+    return (u * a) @ _random_rotation(rng).T + np.asarray(centre, dtype=float)
+
+
+def _fill_rod(rng, start, end, radius) -> np.ndarray:
+    """Atoms uniform inside a cylinder from ``start`` to ``end``."""
+    p0, p1 = np.asarray(start, float), np.asarray(end, float)
+    axis = p1 - p0
+    length = float(np.linalg.norm(axis))
+    n = max(3, int(round(ATOM_DENSITY * np.pi * radius**2 * length)))
+    t = rng.uniform(0.0, 1.0, (n, 1))
+    # two unit vectors orthogonal to the axis
+    e = axis / length
+    helper = np.array([1.0, 0.0, 0.0]) if abs(e[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    e1 = np.cross(e, helper)
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(e, e1)
+    r = radius * np.sqrt(rng.uniform(0.0, 1.0, (n, 1)))
+    phi = rng.uniform(0.0, 2 * np.pi, (n, 1))
+    return p0 + t * axis + r * (np.cos(phi) * e1 + np.sin(phi) * e2)
+
+
+def _fill_arc(rng, centre, arc_radius, tube_radius, arc_angle) -> np.ndarray:
+    """Atoms inside a torus segment (in the xy plane) of angle ``arc_angle``."""
+    n = max(8, int(round(ATOM_DENSITY * np.pi * tube_radius**2 * arc_radius * arc_angle)))
+    theta = rng.uniform(0.0, arc_angle, n)
+    r = tube_radius * np.sqrt(rng.uniform(0.0, 1.0, n))
+    phi = rng.uniform(0.0, 2 * np.pi, n)
+    rad = arc_radius + r * np.cos(phi)
+    return np.stack([rad * np.cos(theta), rad * np.sin(theta), r * np.sin(phi)], axis=1) + centre
+
+
+def _random_design(rng: np.random.Generator) -> dict:
+    """A procedural design (species beyond the fixed library): 3-5 unequal domains."""
+    n_dom = int(rng.integers(3, 6))
+    domains = []
+    centre = np.zeros(3)
+    for i in range(n_dom):
+        size = 0.17 * (0.85**i) * rng.uniform(0.8, 1.2)
+        axes = size * rng.uniform(0.7, 1.2, 3)
+        if i > 0:
+            d = rng.standard_normal(3)
+            d /= np.linalg.norm(d)
+            centre = domains[int(rng.integers(0, i))][0] + d * (size + 0.12)
+        domains.append((np.asarray(centre), axes))
+    return {"domains": [(tuple(c), tuple(a)) for c, a in domains], "linkers": []}
+
+
+def _normalise(coords: np.ndarray, sigma: float, diameter: float) -> np.ndarray:
+    """Centre on the mean and scale so that max radius + 2 sigma = diameter / 2."""
+    coords = coords - coords.mean(axis=0)
+    r_max = float(np.sqrt((coords**2).sum(axis=1)).max())
+    return coords * ((0.5 * diameter - 2.0 * sigma) / r_max)
+
+
+def globular_phantom(index: int, diameter_A: float) -> Phantom:
+    """Globular phantom number ``index`` with the given largest extent in Å.
+
+    Indices 0-3 are fixed designs (``tri_domain``, ``dumbbell_knob``, ``four_lobe``,
+    ``arc_knob``); larger indices are procedural but equally deterministic.
+    """
+    rng = np.random.default_rng([_PHANTOM_SEED, index])
+    names = list(_DESIGNS)
+    if index < len(names):
+        name, design = names[index], _DESIGNS[names[index]]
+    else:
+        name, design = f"procedural_{index}", _random_design(rng)
+    parts = [_fill_ellipsoid(rng, c, a) for c, a in design["domains"]]
+    parts += [_fill_rod(rng, s, e, r) for s, e, r in design["linkers"]]
+    if "arc" in design:
+        parts.append(_fill_arc(rng, *design["arc"]))
+    coords = np.concatenate(parts, axis=0)
+    sigma = ATOM_SIGMA_FRACTION * diameter_A
+    coords_A = _normalise(coords, ATOM_SIGMA_FRACTION, 1.0) * diameter_A
+    n = coords_A.shape[0]
+    return Phantom(name, coords_A, np.full(n, sigma), np.ones(n))
+
+
+def filament_phantom(diameter_A: float, length_A: float) -> Phantom:
+    """Helical filament along object x: width 0.45 diameter, ``length_A`` long.
+
+    A one-start helix (radius 0.3 W, rise 0.12 W, twist 40 deg, W the width) of
+    subunits, each an asymmetric cluster of 12 atoms; the centre of mass is at the origin.
+    """
+    rng = np.random.default_rng([_PHANTOM_SEED, 9999])
+    width = 0.45 * diameter_A
+    helix_r, rise, twist = 0.30 * width, 0.12 * width, np.deg2rad(40.0)
+    sub_r = 0.20 * width
+    # one subunit: a lopsided blob (an elongated lobe plus a small knob)
+    lobe = _fill_ellipsoid(rng, (0, 0, 0), (1.0, 0.6, 0.5))[:9]
+    knob = _fill_ellipsoid(rng, (0.9, 0.5, 0.0), (0.3, 0.3, 0.3))[:3]
+    sub = np.concatenate([lobe, knob]) * sub_r
+    n_sub = max(2, int(length_A // rise))
+    parts = []
+    for i in range(n_sub):
+        ang = i * twist
+        c, s = np.cos(ang), np.sin(ang)
+        rot = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])  # about x
+        centre = np.array([i * rise, helix_r * c, helix_r * s])
+        parts.append(sub @ rot.T + centre)
+    coords = np.concatenate(parts)
+    coords -= coords.mean(axis=0)
+    n = coords.shape[0]
+    return Phantom("filament", coords, np.full(n, ATOM_SIGMA_FRACTION * diameter_A),
+                   np.ones(n), is_filament=True)
+
+
+def make_phantoms(
+    n_species: int,
+    diameter_A: float,
+    box_A: float,
+    pixel_size_A: float,
+    include_filament: bool = False,
+) -> list[Phantom]:
+    """Phantoms of all species; the filament (if any) is the last one.
+
+    Atom widths are raised to at least one pixel so that every projection is
+    band-limited (the Gaussian's transform at Nyquist is below ``exp(-pi^2 / 2)``).
+
+    Parameters
+    ----------
+    n_species : int
+        Number of species, the filament included.
+    diameter_A : float
+        Largest extent of the globular phantoms in Å.
+    box_A : float
+        Box size in Å (the filament spans 0.9 of it).
+    pixel_size_A : float
+        Pixel size in Å (sets the minimum atom width).
+    include_filament : bool
+        Make the last species the filament.
+    """
+    n_glob = n_species - 1 if include_filament else n_species
+    out = [globular_phantom(i, diameter_A) for i in range(n_glob)]
+    if include_filament:
+        out.append(filament_phantom(diameter_A, 0.9 * box_A))
+    final = []
+    for p in out:
+        sigma = np.maximum(p.sigma_A, pixel_size_A)
+        final.append(Phantom(p.name, p.coords_A, sigma, p.weight, p.is_filament))
+        logger.debug("phantom %s: %d atoms, sigma %.2f Å", p.name, p.n_atoms, sigma[0])
+    return final
