@@ -183,10 +183,11 @@ def _parse_body(buf, start: int, end: int, labels: list[str], path: str) -> pd.D
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", pd.errors.ParserWarning)
+                warnings.simplefilter("ignore", pd.errors.DtypeWarning)
                 frame = pd.read_csv(
                     io.BytesIO(body), sep=r"\s+", header=None, names=labels, index_col=False,
                     comment="#", quotechar='"', keep_default_na=False, na_values=_NA_VALUES,
-                    low_memory=False, engine="c",
+                    engine="c",
                 )
         except (pd.errors.ParserError, pd.errors.ParserWarning, ValueError) as exc:
             logger.debug("%s: fast STAR parser failed (%s); using the slow path", path, exc)
@@ -199,6 +200,9 @@ def _parse_body(buf, start: int, end: int, labels: list[str], path: str) -> pd.D
             if len(labels) == len(frame.columns) and not ragged:
                 if len(frame) == 0:
                     return pd.DataFrame({lab: pd.Series([], dtype=object) for lab in labels})
+                for col in frame.columns:
+                    if frame[col].dtype == object:  # mixed types across parser chunks
+                        frame[col] = _numeric_or_str(frame[col].astype(str).tolist())
                 return frame
     first_line = _count_newlines(buf, start) + 1
     return _parse_body_slow(body.decode("utf-8", errors="replace"), labels, path, first_line)
