@@ -65,7 +65,7 @@ def make_problem(n_per=120, n=48, pixel_A=4.0, snr=0.5, junk=0, seed=0, ctf=True
     rng = np.random.default_rng(seed)
     ref = shapes(n, pixel_A)
     if offcentre is not None:
-        ref[offcentre] = shift_images(ref[offcentre][None], [(6.0, 4.0)])[0]
+        ref[offcentre] = shift_images(ref[offcentre][None], [(8.0, 5.0)])[0]
     k = ref.shape[0]
     species = np.repeat(np.arange(k), n_per)
     n_tot = species.size + junk

@@ -22,7 +22,7 @@ from types import ModuleType
 
 import numpy as np
 
-from cryoclass.backend import to_host
+from cryoclass.backend import array_namespace, to_host
 from cryoclass.config import Config
 from cryoclass.geometry import Geometry, make_geometry
 from cryoclass.numerics import estep, mstep, postprocess
@@ -105,7 +105,7 @@ def preprocess(images, geom: Geometry):
     """
     n = images.shape[-1]
     img = normalize_background(images.astype(np.float32), geom.particle_radius_px)
-    xp = type(img).__module__.startswith("cupy") and __import__("cupy") or np
+    xp = array_namespace(img)
     window = soft_circular_mask(n, 0.85 * (n / 2), 0.99 * (n / 2), xp, np.float32)
     f = to_fourier(img * window[None])
     f = crop_fourier(f, n, geom.work_box)
@@ -235,7 +235,7 @@ class Layout:
 
     def __init__(self, k: int, m: int, n_shells: int):
         self.sizes = {"num": 2 * 2 * k * m, "den": 2 * k * m, "noise": n_shells,
-                      "noise_n": n_shells, "class_w": k, "n": 1, "ess_hist": HIST_BINS,
+                      "noise_n": n_shells, "class_w": k, "mstep_w": k, "n": 1, "ess_hist": HIST_BINS,
                       "pmax_hist": HIST_BINS, "changed_class": 1, "psi_change": 1,
                       "revisited": 1, "loglik": 1}
         self.off = {}
@@ -287,6 +287,7 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
     budget = 24_000_000  # elements of the (P, n_shifts, K*n_psi) log-likelihood array
     chunk = max(1, min(cfg.compute.chunk_size, budget // max(1, n_t * k * n_psi)))
     outs = {name: [] for name in ("cls", "pmax", "ess", "psi", "shift", "score")}
+    mstep_w = xp.zeros(k, dtype=np.float64)
     loglik_sum = 0.0
     for sl in chunks(rows_all.size, chunk):
         rows = rows_all[sl]
@@ -302,6 +303,7 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
         if hard:
             weights = xp.zeros_like(cp)
             weights[xp.arange(rows.size), best] = 1.0
+        mstep_w += weights.sum(axis=0)
         g = (ctf * y) * inv_s2  # noise-weighted; scale cancels in the Wiener filter
         ctf2 = (ctf * ctf) * inv_s2
         half = shard.half[drows]
@@ -334,6 +336,7 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
     counts = np.bincount(geom.shell, minlength=geom.n_shells).astype(np.float64)
     layout.view(buf, "noise_n")[:] = counts * rows_all.size
     layout.view(buf, "class_w")[:] = np.bincount(res["cls"].astype(np.int64), minlength=k)
+    layout.view(buf, "mstep_w")[:] = to_host(mstep_w)
     layout.view(buf, "n")[:] = rows_all.size
     layout.view(buf, "ess_hist")[:] = np.histogram(res["ess"], HIST_BINS, (1.0, max(k, 1.0 + 1e-9)))[0]
     layout.view(buf, "pmax_hist")[:] = np.histogram(res["pmax"], HIST_BINS, (0.0, 1.0))[0]
@@ -486,7 +489,8 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
             "ess_quartiles": ess_q, "pmax_quartiles": pmax_q,
             "ess_hist": layout.view(buf, "ess_hist").copy(),
             "pmax_hist": layout.view(buf, "pmax_hist").copy(),
-            "class_counts": class_w, "empty_classes": int((class_w == 0).sum()),
+            "class_counts": class_w, "mstep_weights": layout.view(buf, "mstep_w").copy(),
+            "empty_classes": int((class_w == 0).sum()),
             "changed_class_frac": (float(layout.view(buf, "changed_class")[0]) / revisited
                                    if revisited else float("nan")),
             "mean_psi_change_deg": (float(layout.view(buf, "psi_change")[0]) / revisited

@@ -1,0 +1,397 @@
+"""Command line: ``cryoclass classify | simulate | config | info``.
+
+This is the only module that names ``MPI.COMM_WORLD`` and configures logging
+(console on rank 0, one log file per rank in the run directory).
+
+Examples
+--------
+    cryoclass simulate demo_data --n 3000
+    mpiexec -n 2 cryoclass classify demo_data/particles.star --classes 12 --out demo_run
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from cryoclass import __version__
+from cryoclass.errors import CryoclassError, InputError
+
+logger = logging.getLogger("cryoclass")
+
+
+# ------------------------------------------------------------------------- MPI / logs
+def world():
+    """The world communicator wrapped in :class:`Comm` (a one-rank stand-in without MPI)."""
+    from cryoclass.parallel.comm import Comm
+
+    if os.environ.get("CRYOCLASS_NO_MPI"):
+        return Comm(None)
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return Comm(None)
+    return Comm(MPI.COMM_WORLD)
+
+
+def local_rank(comm) -> int:
+    """Rank of this process among the ranks on its node."""
+    if comm.mpi is None:
+        return 0
+    from mpi4py import MPI
+
+    return comm.mpi.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+
+
+def setup_logging(rank: int, verbosity: int, logdir: Path | None = None) -> None:
+    """Console handler on rank 0 (warnings elsewhere); a log file per rank in ``logdir``."""
+    root = logging.getLogger("cryoclass")
+    root.setLevel(logging.DEBUG)
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    console = logging.StreamHandler(sys.stderr)
+    level = logging.INFO if verbosity == 0 else (logging.DEBUG if verbosity > 0
+                                                 else logging.WARNING)
+    console.setLevel(level if rank == 0 else logging.WARNING)
+    console.setFormatter(logging.Formatter(
+        "%(asctime)s %(message)s" if rank == 0 else f"[rank {rank}] %(message)s",
+        "%H:%M:%S"))
+    root.addHandler(console)
+    if logdir is not None:
+        logdir.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(logdir / f"rank{rank:04d}.log")
+        fh.setLevel(logging.DEBUG)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(fh)
+        if rank == 0:
+            ev = logging.FileHandler(logdir.parent / "events.log")
+            ev.setLevel(logging.INFO)
+            ev.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+            root.addHandler(ev)
+
+
+# ------------------------------------------------------------------------- arguments
+_FLAG_MAP = {  # common flags -> config keys
+    "classes": "classify.n_classes", "max_res": "classify.max_res_A",
+    "max_align_res": "classify.max_align_res_A", "min_align_res": "classify.min_align_res_A",
+    "uncertainty": "classify.uncertainty_factor", "online_iters": "classify.online_em_iters",
+    "batch_per_class": "classify.batch_size_per_class",
+    "final_iters": "classify.final_full_iters", "seed": "classify.seed",
+    "mask_diameter": "mask.inner_diameter_A", "mask_diameter_outer": "mask.outer_diameter_A",
+    "psi_step": "search.psi_step_deg", "shift_range": "search.shift_range_A",
+    "backend": "compute.backend", "min_separation": "duplicates.min_separation_A",
+    "particle_diameter": "preprocess.particle_diameter_A",
+}
+_SWITCHES = {  # store_true flags -> (config key, value)
+    "no_force_max": ("classify.force_max", False), "no_ctf": ("ctf.correct", False),
+    "phase_flip_only": ("ctf.phase_flip_only", True), "hard": ("classify.hard_classification",
+                                                              True),
+    "no_mask": ("mask.enabled", False), "no_recenter": ("recenter.enabled", False),
+    "filaments": ("constraints.align_filaments_vertically", True),
+    "non_negative": ("constraints.non_negativity", True),
+    "clamp_solvent": ("constraints.clamp_solvent", True),
+    "white_noise": ("classify.white_noise", True),
+    "no_frc_regularization": ("classify.frc_regularization", False),
+    "no_sort": ("classify.sort_by_size", False), "no_progress": ("output.progress", False),
+    "no_plots": ("output.plots", False),
+}
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("configuration (defaults as CryoSPARC; see configs/default.toml)")
+    g.add_argument("--config", metavar="TOML", help="configuration file")
+    g.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
+                   help="override any config value, e.g. --set search.psi_step_deg=5")
+    g.add_argument("--classes", "-K", type=int, help="number of classes K (default 50)")
+    g.add_argument("--max-res", type=float, metavar="A",
+                   help="maximum resolution in Å for alignment and averaging (default 6)")
+    g.add_argument("--max-align-res", type=float, metavar="A",
+                   help="align at this resolution (Å), average at --max-res")
+    g.add_argument("--min-align-res", type=float, metavar="A",
+                   help="high-pass during alignment (Å), e.g. 40-60 against micelles")
+    g.add_argument("--uncertainty", type=float, metavar="F",
+                   help="initial classification uncertainty factor (default 2)")
+    g.add_argument("--online-iters", type=int, metavar="N",
+                   help="online-EM iterations (default 20)")
+    g.add_argument("--batch-per-class", type=int, metavar="N",
+                   help="particles per class per online-EM iteration (default 100)")
+    g.add_argument("--final-iters", type=int, metavar="N",
+                   help="final full iterations (default 1)")
+    g.add_argument("--no-force-max", action="store_true",
+                   help="marginalize over poses instead of using the best pose")
+    g.add_argument("--no-ctf", action="store_true",
+                   help="no CTF correction (pre-corrected or negative-stain data)")
+    g.add_argument("--phase-flip-only", action="store_true", help="correct CTF phases only")
+    g.add_argument("--hard", action="store_true",
+                   help="final iteration: each particle only in its best class")
+    g.add_argument("--no-mask", action="store_true", help="no circular mask on classes")
+    g.add_argument("--mask-diameter", type=float, metavar="A",
+                   help="circular mask diameter in Å (default: the box)")
+    g.add_argument("--mask-diameter-outer", type=float, metavar="A",
+                   help="outer diameter of the mask's soft edge (default 1.2 x inner)")
+    g.add_argument("--particle-diameter", type=float, metavar="A",
+                   help="particle diameter for background normalization (Å)")
+    g.add_argument("--no-recenter", action="store_true", help="do not re-center classes")
+    g.add_argument("--filaments", action="store_true",
+                   help="align filament classes vertically")
+    g.add_argument("--non-negative", action="store_true", help="enforce non-negativity")
+    g.add_argument("--clamp-solvent", action="store_true", help="clamp solvent to zero")
+    g.add_argument("--white-noise", action="store_true", help="force a white noise model")
+    g.add_argument("--no-frc-regularization", action="store_true",
+                   help="plain CTF-weighted averages (no FRC-based Wiener prior)")
+    g.add_argument("--no-sort", action="store_true", help="do not sort classes by size")
+    dup = g.add_mutually_exclusive_group()
+    dup.add_argument("--remove-duplicates", dest="remove_duplicates", action="store_true",
+                     default=None, help="remove duplicate picks (needs locations)")
+    dup.add_argument("--keep-duplicates", dest="remove_duplicates", action="store_false",
+                     help="do not remove duplicate picks")
+    g.add_argument("--min-separation", type=float, metavar="A",
+                   help="duplicate minimum separation in Å (default 20)")
+    g.add_argument("--psi-step", type=float, metavar="DEG", help="rotation step (deg)")
+    g.add_argument("--shift-range", type=float, metavar="A", help="translation range (Å)")
+    g.add_argument("--seed", type=int, help="random seed (default 0)")
+    g.add_argument("--backend", choices=["auto", "numpy", "cupy"], help="array backend")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--no-plots", action="store_true", help="no per-iteration figures")
+
+
+def resolve_config(args):
+    """Config from --config, the common flags and --set (in that order)."""
+    from cryoclass.config import load_config
+
+    overrides = []
+    for name, key in _FLAG_MAP.items():
+        val = getattr(args, name, None)
+        if val is not None:
+            overrides.append(f"{key}={val!r}" if isinstance(val, str) else f"{key}={val}")
+    for name, (key, value) in _SWITCHES.items():
+        if getattr(args, name, False):
+            overrides.append(f"{key}={'true' if value else 'false'}")
+    rd = getattr(args, "remove_duplicates", None)
+    if rd is not None:
+        overrides.append(f"duplicates.remove={'true' if rd else 'false'}")
+    overrides.extend(args.set or [])
+    return load_config(getattr(args, "config", None), overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    p = argparse.ArgumentParser(
+        prog="cryoclass",
+        description="MPI-parallel cryo-EM 2D classification. Run under mpiexec/srun for "
+                    "many ranks (one GPU or CPU share each).",
+        epilog="Example: mpiexec -n 2 cryoclass classify particles.star --classes 50 --out run")
+    p.add_argument("--version", action="version", version=f"cryoclass {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more output")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser("classify", help="2D classification of a particle set",
+                       description="Group particles into K classes with in-plane alignment "
+                                   "(CTF-aware); writes run.h5, particles.star/.cs and "
+                                   "class_averages.mrcs into --out.")
+    c.add_argument("particles", help="particles: RELION .star or CryoSPARC .cs")
+    c.add_argument("--out", "-o", required=True, metavar="DIR", help="run directory")
+    c.add_argument("--project-dir", metavar="DIR",
+                   help="CryoSPARC project directory for relative blob/path entries")
+    c.add_argument("--validate-only", action="store_true",
+                   help="check the inputs and config, then stop")
+    _config_args(c)
+    c.set_defaults(func=cmd_classify)
+
+    s = sub.add_parser("simulate", help="write a synthetic dataset with known truth",
+                       description="Simulate particles (phantoms, CTF, coloured noise, junk, "
+                                   "duplicate picks) with a truth file.")
+    s.add_argument("outdir", help="output folder")
+    try:
+        from cryoclass.simulation import add_arguments
+    except ImportError:  # pragma: no cover - simulator missing
+        add_arguments = None
+    if add_arguments is not None:
+        add_arguments(s)
+    s.set_defaults(func=cmd_simulate)
+
+    cf = sub.add_parser("config", help="print the resolved configuration as TOML")
+    _config_args(cf)
+    cf.set_defaults(func=cmd_config)
+
+    i = sub.add_parser("info", help="ranks, nodes, MPI library, backend and devices")
+    i.add_argument("--backend", choices=["auto", "numpy", "cupy"], default="auto")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_config(args, comm) -> int:
+    """Print the resolved configuration."""
+    from cryoclass.config import to_toml
+
+    cfg = resolve_config(args)
+    if comm.rank == 0:
+        sys.stdout.write(to_toml(cfg))
+    return 0
+
+
+def cmd_info(args, comm) -> int:
+    """Describe the parallel environment."""
+    from cryoclass.backend import cupy_available, select_device
+
+    lr = local_rank(comm)
+    dev = select_device(lr) if args.backend != "numpy" else None
+    import platform
+
+    row = (comm.rank, platform.node(), lr, dev)
+    rows = comm.gather(row)
+    if comm.rank == 0:
+        lib = "none (single process)"
+        aware = "no"
+        if comm.mpi is not None:
+            from mpi4py import MPI
+
+            lib = MPI.Get_library_version().splitlines()[0].strip()
+            try:
+                from mpi4py.util import pkl5  # noqa: F401
+
+                aware = "unknown"
+                if "MPICH" in lib.upper() or "OPEN MPI" in lib.upper():
+                    aware = "yes" if os.environ.get("MPIR_CVAR_ENABLE_GPU") == "1" else "no"
+            except ImportError:
+                pass
+        nodes = sorted({r[1] for r in rows})
+        print(f"cryoclass {__version__}")
+        print(f"ranks: {comm.size} on {len(nodes)} node(s): {', '.join(nodes)}")
+        print(f"MPI library: {lib}")
+        print(f"backend: {'cupy' if cupy_available() and args.backend != 'numpy' else 'numpy'}")
+        print(f"GPU-aware MPI: {aware}")
+        for r in rows:
+            print(f"  rank {r[0]}: node {r[1]}, local rank {r[2]}, "
+                  f"device {'cpu' if r[3] is None else f'cuda:{r[3]}'}")
+    return 0
+
+
+def cmd_simulate(args, comm) -> int:
+    """Write a simulated dataset (rank 0 only)."""
+    from cryoclass.simulation import params_from_args, simulate_dataset
+
+    params = params_from_args(args)
+    if comm.rank == 0:
+        star = simulate_dataset(Path(args.outdir), params)
+        logger.info("simulated dataset written: %s", star)
+    comm.barrier()
+    return 0
+
+
+def _load_inputs(args, cfg, comm):
+    """Rank 0 loads and validates; the others load metadata once rank 0 says it is good."""
+    from cryoclass.io.particles import load_particles
+
+    err = None
+    table = None
+    if comm.rank == 0:
+        try:
+            table = load_particles(args.particles, ctf=cfg.ctf.correct,
+                                   project_dir=args.project_dir, check_images=True)
+            check_table(table, cfg)
+        except CryoclassError as exc:
+            err = str(exc)
+    err = comm.bcast(err)
+    if err is not None:
+        raise InputError(err)
+    if comm.rank != 0:
+        table = load_particles(args.particles, ctf=cfg.ctf.correct,
+                               project_dir=args.project_dir, check_images=False)
+    return table
+
+
+def check_table(table, cfg) -> None:
+    """Checks that need both the particles and the config."""
+    n = len(table)
+    k = cfg.classify.n_classes
+    if n == 0:
+        raise InputError(f"{table.source_path}: no particles")
+    if k > n:
+        raise InputError(f"{k} classes requested but {table.source_path} has only {n} "
+                         "particles: use --classes <= the number of particles")
+    ps = table.meta["pixel_size_A"].to_numpy()
+    if (abs(ps - ps[0]) > 1e-3 * ps[0]).any():
+        raise InputError(f"{table.source_path}: particles have different pixel sizes "
+                         f"({ps.min():.4f}-{ps.max():.4f} Å); classify each set separately")
+    if cfg.duplicates.remove is True and not table.has_locations:
+        raise InputError(f"{table.source_path}: duplicate removal needs rlnMicrographName "
+                         "and rlnCoordinateX/Y (or location/* in .cs): run with "
+                         "--keep-duplicates")
+
+
+def cmd_classify(args, comm) -> int:
+    """Run the classification."""
+    from cryoclass.backend import get_namespace, select_device
+    from cryoclass.em import classify
+    from cryoclass.outputs import provenance, write_outputs
+
+    cfg = resolve_config(args)
+    outdir = Path(args.out)
+    table = _load_inputs(args, cfg, comm)
+    if args.validate_only:
+        if comm.rank == 0:
+            print(f"{args.particles}: {len(table)} particles, box {table.box_px} px, "
+                  f"{table.meta['pixel_size_A'].iloc[0]:.4f} Å/px; config OK")
+        return 0
+    if comm.rank == 0:
+        outdir.mkdir(parents=True, exist_ok=True)
+    comm.barrier()
+    setup_logging(comm.rank, -1 if args.quiet else args.verbose, outdir / "logs")
+    xp = get_namespace(cfg.compute.backend)
+    if xp.__name__ == "cupy":
+        devs = [int(d) for d in cfg.compute.devices.split(",") if d.strip()] or None
+        select_device(local_rank(comm), devs)
+    logger.info("cryoclass %s: %d particles from %s, %d classes, %d rank(s), backend %s",
+                __version__, len(table), args.particles, cfg.classify.n_classes, comm.size,
+                xp.__name__)
+    t0 = time.perf_counter()
+    try:
+        result = classify(table, cfg, comm, xp)
+        if comm.rank == 0:
+            prov = provenance(sys.argv, comm.size, xp.__name__, args.particles)
+            write_outputs(outdir, table, result, cfg, prov)
+            logger.info("done in %.1f s; outputs in %s", time.perf_counter() - t0, outdir)
+    except CryoclassError as exc:  # found by one rank mid-run: stop every rank
+        where = f" (rank {comm.rank})" if comm.size > 1 else ""
+        print(f"cryoclass: error{where}: {exc}", file=sys.stderr)
+        logger.debug("rank %d failed", comm.rank, exc_info=True)
+        comm.abort(exc.exit_code)
+    comm.barrier()
+    return 0
+
+
+# ------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cryoclass`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    comm = world()
+    setup_logging(comm.rank, -1 if args.quiet else args.verbose)
+    try:
+        return args.func(args, comm)
+    except CryoclassError as exc:
+        # Input/config errors are found identically on every rank (or broadcast by
+        # rank 0 before any other collective), so every rank exits with the same code.
+        if comm.rank == 0:
+            print(f"cryoclass: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("cryoclass: interrupted", file=sys.stderr)
+        comm.abort(130)
+        return 130
+    except Exception as exc:  # a failure on one rank must stop all of them
+        logger.exception("rank %d failed", comm.rank)
+        print(f"cryoclass: error on rank {comm.rank}: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        comm.abort(1)
+        return 1

@@ -1,0 +1,206 @@
+"""Write a run directory (rank 0): run.h5, particles.star/.cs, class_averages.mrcs.
+
+Every file is written to a temporary name and renamed into place, so a crash never
+leaves a half-written file that looks complete. Layout of ``run.h5``:
+
+* ``/particles``: ``class`` (1-based, sorted by size), ``class_posterior``, ``ess``,
+  ``best_class_prob``, ``psi_deg`` (RELION convention), ``shift_x_A``/``shift_y_A`` and
+  ``shift_x_px``/``shift_y_px`` (particle centre minus box centre), ``score``,
+  ``half_set``, ``duplicate``.
+* ``/classes``: ``images`` (K, m, m) at the working pixel size, ``count``,
+  ``frc_res_A``, ``median_ess``, ``mean_posterior``, ``frc`` (K, shells), ``shell_res_A``.
+* ``/iterations``: one row per iteration (timings, quartiles, histograms, noise model).
+* attributes: ``config_toml``, ``version``, ``argv``, ``created``, ``n_ranks``, ...
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from cryoclass import __version__
+from cryoclass.config import Config, to_toml
+from cryoclass.em import RunResult
+from cryoclass.numerics.duplicates import find_duplicates
+from cryoclass.numerics.fourier import pad_fourier, to_fourier, to_real
+
+logger = logging.getLogger(__name__)
+
+
+def relion_psi_deg(psi_rad: np.ndarray) -> np.ndarray:
+    """RELION ``_rlnAnglePsi`` (deg) of our in-plane angle.
+
+    Our particle is the class rotated by ``psi`` (``F_p(k) = A(R(-psi) k)``); RELION
+    projects with ``A(k) = V(E^T k)``, ``E = [[c, s], [-s, c]]`` for its psi, i.e. a
+    rotation by ``-psi_relion``. Hence ``psi_relion = -psi``.
+    """
+    return np.mod(-np.degrees(psi_rad) + 180.0, 360.0) - 180.0
+
+
+def class_images_full_box(classes: np.ndarray, box_px: int) -> np.ndarray:
+    """Fourier-pad (K, m, m) class images to the input box (K, n, n) float32."""
+    m = classes.shape[-1]
+    if box_px == m:
+        return classes.astype(np.float32)
+    return to_real(pad_fourier(to_fourier(classes), m, box_px), box_px).astype(np.float32)
+
+
+def duplicate_mask(table, result: RunResult, cfg: Config) -> np.ndarray | None:
+    """Rejected-duplicate flags (N,), or None when duplicate removal is off/impossible."""
+    want = cfg.duplicates.remove
+    if want is False:
+        return None
+    if not table.has_locations:
+        if want is True:  # the CLI refuses this before the run; defensive here
+            from cryoclass.errors import InputError
+
+            raise InputError("duplicate removal needs micrograph names and coordinates")
+        logger.info("duplicate removal skipped: the particles have no picked locations")
+        return None
+    p = result.particles
+    meta = table.meta
+    x = meta["location_x_px"].to_numpy() + p.shift_px[:, 0]
+    y = meta["location_y_px"].to_numpy() + p.shift_px[:, 1]
+    min_px = cfg.duplicates.min_separation_A / result.geom.pixel_size_A
+    rej = find_duplicates(meta["micrograph"].to_numpy(), x, y, p.score, min_px)
+    logger.info("duplicate removal: %d of %d particles rejected (min separation %.1f Å)",
+                int(rej.sum()), rej.size, cfg.duplicates.min_separation_A)
+    return rej
+
+
+def alignment_columns(result: RunResult, ctf_off: bool) -> dict[str, np.ndarray]:
+    """Per-particle alignment for the STAR/CS writers."""
+    p = result.particles
+    ps = result.geom.pixel_size_A
+    return {
+        "class_index": p.class_index.astype(np.int64),
+        "psi_deg": relion_psi_deg(p.psi_rad),
+        "shift_x_A": p.shift_px[:, 0] * ps,
+        "shift_y_A": p.shift_px[:, 1] * ps,
+        "class_posterior": p.class_posterior,
+        "ess": p.ess,
+        "best_class_prob": p.class_posterior,
+        "score": p.score,
+        "half_set": p.half_set.astype(np.int64),
+        "ctf_off": ctf_off,
+    }
+
+
+def write_run_h5(path: Path, result: RunResult, cfg: Config, provenance: dict,
+                 duplicate: np.ndarray | None) -> None:
+    """Write run.h5 atomically."""
+    from cryoclass.io.star import atomic_path
+
+    p = result.particles
+    g = result.geom
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["config_toml"] = to_toml(cfg)
+        f.attrs["version"] = __version__
+        for key, val in provenance.items():
+            f.attrs[key] = val
+        f.attrs["pixel_size_A"] = g.pixel_size_A
+        f.attrs["box_px"] = g.box_px
+        f.attrs["work_box_px"] = g.work_box
+        f.attrs["work_pixel_size_A"] = g.work_pixel_A
+        gp = f.create_group("particles")
+        gp["class"] = (p.class_index + 1).astype(np.int32)
+        gp["class_posterior"] = p.class_posterior.astype(np.float32)
+        gp["best_class_prob"] = p.class_posterior.astype(np.float32)
+        gp["ess"] = p.ess.astype(np.float32)
+        gp["psi_deg"] = relion_psi_deg(p.psi_rad).astype(np.float32)
+        gp["shift_x_px"] = p.shift_px[:, 0].astype(np.float32)
+        gp["shift_y_px"] = p.shift_px[:, 1].astype(np.float32)
+        gp["shift_x_A"] = (p.shift_px[:, 0] * g.pixel_size_A).astype(np.float32)
+        gp["shift_y_A"] = (p.shift_px[:, 1] * g.pixel_size_A).astype(np.float32)
+        gp["score"] = p.score.astype(np.float32)
+        gp["half_set"] = p.half_set.astype(np.int8)
+        gp["duplicate"] = (duplicate if duplicate is not None
+                           else np.zeros(p.class_index.size, bool)).astype(np.int8)
+        gc = f.create_group("classes")
+        gc["images"] = result.state.classes.astype(np.float32)
+        gc["count"] = result.counts.astype(np.int64)
+        gc["frc_res_A"] = result.frc_res_A
+        gc["median_ess"] = result.median_ess
+        gc["mean_posterior"] = result.mean_posterior
+        if result.state.frc is not None:
+            gc["frc"] = result.state.frc
+        gc["shell_res_A"] = g.shell_res_A
+        gc["order"] = result.class_order  # class j (0-based) was class order[j] during the run
+        write_history(f.create_group("iterations"), result.state.history)
+
+
+def write_history(group, history: list[dict]) -> None:
+    """Store per-iteration records as stacked datasets."""
+    if not history:
+        return
+    for key in history[0]:
+        vals = [h[key] for h in history]
+        if isinstance(vals[0], str):
+            group[key] = np.array(vals, dtype=h5py.string_dtype())
+        else:
+            group[key] = np.asarray(vals, dtype=np.float64)
+
+
+def write_outputs(outdir: Path, table, result: RunResult, cfg: Config,
+                  provenance: dict) -> dict[str, Path]:
+    """Write every output of a finished run (rank 0). Returns the paths written."""
+    from cryoclass.io.mrc import write_stack
+    from cryoclass.io.particles import (
+        write_particles_cs,
+        write_particles_star,
+        write_subset_cs,
+        write_subset_star,
+    )
+    from cryoclass.io.star import atomic_output
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    dup = duplicate_mask(table, result, cfg)
+    align = alignment_columns(result, ctf_off=not cfg.ctf.correct)
+    paths["run.h5"] = outdir / "run.h5"
+    write_run_h5(paths["run.h5"], result, cfg, provenance, dup)
+    paths["class_averages.mrcs"] = outdir / "class_averages.mrcs"
+    write_stack(paths["class_averages.mrcs"],
+                class_images_full_box(result.state.classes, result.geom.box_px),
+                result.geom.pixel_size_A)
+    keep = np.arange(len(table)) if dup is None else np.flatnonzero(~dup)
+    paths["particles.star"] = outdir / "particles.star"
+    paths["particles.cs"] = outdir / "particles.cs"
+    if dup is None:
+        write_particles_star(paths["particles.star"], table, align)
+        write_particles_cs(paths["particles.cs"], table, align)
+    else:
+        write_subset_star(paths["particles.star"], table, keep, align)
+        write_subset_cs(paths["particles.cs"], table, keep, align)
+        rej = np.flatnonzero(dup)
+        paths["rejected_duplicates.star"] = outdir / "rejected_duplicates.star"
+        paths["rejected_duplicates.cs"] = outdir / "rejected_duplicates.cs"
+        write_subset_star(paths["rejected_duplicates.star"], table, rej, align)
+        write_subset_cs(paths["rejected_duplicates.cs"], table, rej, align)
+    paths["config.toml"] = outdir / "config.toml"
+    with atomic_output(paths["config.toml"]) as fh:
+        fh.write(to_toml(cfg))
+    logger.info("outputs written to %s: %s", outdir, ", ".join(sorted(p.name for p in
+                                                                       paths.values())))
+    return paths
+
+
+def provenance(argv: list[str], n_ranks: int, backend: str, input_path: str) -> dict:
+    """Attributes every output carries."""
+    import datetime
+    import platform
+
+    return {
+        "argv": " ".join(argv),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "n_ranks": n_ranks,
+        "backend": backend,
+        "input": os.path.abspath(input_path),
+        "host": platform.node(),
+        "python": platform.python_version(),
+    }
