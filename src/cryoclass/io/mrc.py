@@ -400,13 +400,16 @@ def write_image(path: str | os.PathLike, image: np.ndarray, pixel_size_A: float)
 def _write_mrc(path: str | os.PathLike, data: np.ndarray, pixel_size_A: float,
                stack: bool) -> None:
     Path(os.fspath(path)).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         with mrcfile.new(tmp, overwrite=True) as mrc:
             mrc.set_data(data)
             if stack:
                 mrc.set_image_stack()
             mrc.voxel_size = float(pixel_size_A)
             mrc.update_header_stats()
+    for message in {str(w.message) for w in caught}:
+        logger.warning("%s: %s", os.fspath(path), message)
     logger.debug("wrote %s %s, %.4f A/px", os.fspath(path), data.shape, pixel_size_A)
 
 

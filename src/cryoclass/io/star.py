@@ -149,7 +149,7 @@ def _numeric_or_str(values: list[str]) -> pd.Series:
     """Convert one column of tokens to int64/float64 when every token parses, else str."""
     series = pd.Series(values, dtype=object)
     try:
-        return pd.to_numeric(series)
+        return pd.to_numeric(series.where(~series.isin(_NA_VALUES), np.nan))
     except (ValueError, TypeError):
         return series.astype(str)
 
