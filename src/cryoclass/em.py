@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 CTF_FIELDS = ("defocus_u_A", "defocus_v_A", "defocus_angle_rad", "voltage_kv", "cs_mm",
               "amplitude_contrast", "phase_shift_rad", "bfactor_A2")
 HIST_BINS = 200
+CLASS_ESS_BINS = 64
 
 
 # ----------------------------------------------------------------------------- data
@@ -236,7 +237,7 @@ class Layout:
     def __init__(self, k: int, m: int, n_shells: int):
         self.sizes = {"num": 2 * 2 * k * m, "den": 2 * k * m, "noise": n_shells,
                       "noise_n": n_shells, "class_w": k, "mstep_w": k, "n": 1, "ess_hist": HIST_BINS,
-                      "pmax_hist": HIST_BINS, "changed_class": 1, "psi_change": 1,
+                      "pmax_hist": HIST_BINS, "class_ess_hist": k * CLASS_ESS_BINS, "changed_class": 1, "psi_change": 1,
                       "revisited": 1, "loglik": 1}
         self.off = {}
         o = 0
@@ -340,6 +341,12 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
     layout.view(buf, "n")[:] = rows_all.size
     layout.view(buf, "ess_hist")[:] = np.histogram(res["ess"], HIST_BINS, (1.0, max(k, 1.0 + 1e-9)))[0]
     layout.view(buf, "pmax_hist")[:] = np.histogram(res["pmax"], HIST_BINS, (0.0, 1.0))[0]
+    ess_top = max(k, 1.0 + 1e-9)
+    cbin = np.clip(((res["ess"] - 1.0) / (ess_top - 1.0) * CLASS_ESS_BINS).astype(np.int64),
+                   0, CLASS_ESS_BINS - 1)
+    layout.view(buf, "class_ess_hist")[:] = np.bincount(
+        res["cls"].astype(np.int64) * CLASS_ESS_BINS + cbin,
+        minlength=k * CLASS_ESS_BINS)[: k * CLASS_ESS_BINS]
     prev_c = last_class[rows_all]
     seen = prev_c >= 0
     layout.view(buf, "revisited")[:] = seen.sum()
@@ -489,6 +496,9 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
             "ess_quartiles": ess_q, "pmax_quartiles": pmax_q,
             "ess_hist": layout.view(buf, "ess_hist").copy(),
             "pmax_hist": layout.view(buf, "pmax_hist").copy(),
+            "class_median_ess": np.array([
+                hist_quartiles(h, 1.0, max(k, 1.0 + 1e-9))[1]
+                for h in layout.view(buf, "class_ess_hist").reshape(k, CLASS_ESS_BINS)]),
             "class_counts": class_w, "mstep_weights": layout.view(buf, "mstep_w").copy(),
             "empty_classes": int((class_w == 0).sum()),
             "changed_class_frac": (float(layout.view(buf, "changed_class")[0]) / revisited
@@ -498,6 +508,7 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
             "mean_loglik": float(layout.view(buf, "loglik")[0]) / max(n_used, 1),
             "sigma2_used": s2, "sigma2_est": est.copy(), "sigma2_init": state.sigma2_init,
             "frc_res_A": mstep.frc_resolution(frc_curve, geom.shell_res_A),
+            "shell_res_A": geom.shell_res_A,
         }
         state.sigma2_est = est
         state.iteration = it + 1
