@@ -61,6 +61,31 @@ def _phantoms(n_species: int, diameter_A: float, box_A: float, pixel_size_A: flo
     return tuple(make_phantoms(n_species, diameter_A, box_A, pixel_size_A, filament))
 
 
+def _image_key(params: SimulationParams) -> SimulationParams:
+    """``params`` with the fields that do not affect views or image formation reset.
+
+    Used as a cache key, so repeated simulations (tests, different N) share the view
+    selection and the signal-scale calibration.
+    """
+    return dataclasses.replace(params, n_particles=1, chunk=1, junk_fraction=0.0,
+                               duplicate_fraction=0.0, particles_per_micrograph=1)
+
+
+_VIEW_CACHE: dict[SimulationParams, list[np.ndarray]] = {}
+
+
+def _cached_views(sim: Simulator, key: SimulationParams) -> list[np.ndarray]:
+    """Discrete views of each species (read-only arrays), cached by :func:`_image_key`."""
+    if key not in _VIEW_CACHE:
+        if len(_VIEW_CACHE) >= 8:
+            _VIEW_CACHE.pop(next(iter(_VIEW_CACHE)))
+        views = species_views(sim.params, sim.is_filament, sim._render_views)
+        for v in views:
+            v.setflags(write=False)
+        _VIEW_CACHE[key] = views
+    return _VIEW_CACHE[key]
+
+
 @functools.lru_cache(maxsize=8)
 def _signal_scale(params: SimulationParams) -> float:
     """Global signal scale ``c`` giving the requested SNR (noise pixel variance 1).
@@ -98,7 +123,7 @@ class Simulator:
                                   params.box_px * params.pixel_size_A, params.pixel_size_A,
                                   params.include_filament)
         self.is_filament = [p.is_filament for p in self.phantoms]
-        self.views = species_views(params, self.is_filament)
+        self.views = _cached_views(self, _image_key(params))
         self.noise_filter = render.noise_filter(self.n, params.pixel_size_A,
                                                 params.noise_corner_A, params.noise_floor)
         self.plan: Plan | None = make_plan(params, self.views, self.is_filament) if plan else None
@@ -106,14 +131,16 @@ class Simulator:
         self._noise_cache: tuple[int, np.ndarray] | None = None
 
     # -- pieces -------------------------------------------------------------------
+    def _render_views(self, k: int, rotations: np.ndarray) -> np.ndarray:
+        """Unscaled projections (m, n, n) of species ``k`` at view rotations, psi 0, t 0."""
+        m = rotations.shape[0]
+        return self.render_species(np.full(m, k), rotations, np.zeros(m), np.zeros((m, 2)))
+
     @property
     def scale(self) -> float:
         """Global signal scale (noise pixel variance is 1)."""
         if self._scale is None:
-            # only the image-formation parameters matter: share the cache across N, chunk
-            key = dataclasses.replace(self.params, n_particles=1, chunk=1, junk_fraction=0.0,
-                                      duplicate_fraction=0.0, particles_per_micrograph=1)
-            self._scale = _signal_scale(key)
+            self._scale = _signal_scale(_image_key(self.params))
         return self._scale
 
     def render_species(self, species, rotation, psi_deg, shift_px) -> np.ndarray:
@@ -186,7 +213,7 @@ class Simulator:
         return render.render_atoms(xy, sigma, w * (mass / w.sum()), n)[0]
 
     def _ice_gradient(self, row: int) -> np.ndarray:
-        """A strong ramp plus a broad bump (n, n), in units of the noise sigma."""
+        """Return a strong ramp plus a broad bump (n, n), in units of the noise sigma."""
         n = self.n
         rng = rng_for(self.params.seed, STREAM_JUNK, row)
         theta = rng.uniform(0.0, 2 * np.pi)

@@ -26,35 +26,42 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 #: Atoms per unit volume, in units of the particle diameter cubed.
-ATOM_DENSITY = 6000.0
+ATOM_DENSITY = 18000.0
 #: Atom width as a fraction of the particle diameter (raised to >= 1 px when rendered).
 ATOM_SIGMA_FRACTION = 0.022
+#: Atoms per helix-like rod and their spacing (units of the diameter).
+ROD_ATOMS = 10
+ROD_SPACING = 0.018
 #: Base seed of the (seed-independent) phantom atom positions.
 _PHANTOM_SEED = 20240517
 
 # Globular designs: domains (centre xyz, semi-axes abc) in units of the diameter, plus
 # straight linkers (start, end, radius) between domains.
 _DESIGNS: dict[str, dict] = {
-    "tri_domain": {
-        "domains": [((-0.16, -0.08, 0.00), (0.20, 0.16, 0.15)),
-                    ((0.19, -0.13, 0.05), (0.13, 0.11, 0.10)),
-                    ((0.10, 0.21, -0.06), (0.08, 0.08, 0.07))],
-        "linkers": [((-0.02, -0.10, 0.02), (0.10, -0.12, 0.04), 0.035)],
+    "tri_domain": {  # an L of three unequal domains
+        "domains": [((-0.22, -0.12, 0.00), (0.17, 0.13, 0.12)),
+                    ((0.20, -0.16, 0.06), (0.12, 0.10, 0.09)),
+                    ((0.16, 0.24, -0.08), (0.08, 0.08, 0.07))],
+        "linkers": [((-0.06, -0.14, 0.03), (0.09, -0.15, 0.05), 0.035),
+                    ((0.19, -0.06, 0.02), (0.17, 0.17, -0.05), 0.03)],
     },
-    "dumbbell_knob": {
-        "domains": [((-0.20, 0.00, 0.00), (0.16, 0.15, 0.14)),
-                    ((0.22, 0.03, 0.02), (0.11, 0.10, 0.10)),
-                    ((0.02, 0.06, 0.16), (0.07, 0.06, 0.07))],
-        "linkers": [((-0.06, 0.0, 0.0), (0.12, 0.02, 0.01), 0.045)],
+    "dumbbell_knob": {  # two unequal lobes on a rod, a knob off the axis
+        "domains": [((-0.25, 0.00, 0.00), (0.15, 0.14, 0.13)),
+                    ((0.25, 0.04, 0.02), (0.11, 0.10, 0.10)),
+                    ((0.00, 0.07, 0.20), (0.07, 0.06, 0.07))],
+        "linkers": [((-0.10, 0.0, 0.0), (0.15, 0.03, 0.01), 0.045),
+                    ((0.0, 0.01, 0.0), (0.0, 0.06, 0.15), 0.03)],
     },
-    "four_lobe": {
-        "domains": [((0.00, 0.00, 0.00), (0.15, 0.13, 0.12)),
-                    ((0.18, 0.14, 0.04), (0.09, 0.08, 0.08)),
-                    ((-0.16, 0.17, -0.06), (0.07, 0.10, 0.06)),
-                    ((0.05, -0.22, 0.10), (0.11, 0.07, 0.08))],
-        "linkers": [],
+    "four_lobe": {  # a core with three unequal satellites
+        "domains": [((0.00, 0.00, 0.00), (0.13, 0.12, 0.11)),
+                    ((0.24, 0.16, 0.04), (0.09, 0.08, 0.08)),
+                    ((-0.20, 0.20, -0.10), (0.07, 0.10, 0.06)),
+                    ((0.06, -0.26, 0.14), (0.11, 0.07, 0.08))],
+        "linkers": [((0.0, 0.0, 0.0), (0.18, 0.12, 0.03), 0.03),
+                    ((0.0, 0.0, 0.0), (-0.15, 0.15, -0.08), 0.03),
+                    ((0.0, 0.0, 0.0), (0.05, -0.19, 0.10), 0.03)],
     },
-    "arc_knob": {
+    "arc_knob": {  # a three-quarter ring with a knob at one end
         "arc": ((0.0, 0.0, 0.0), 0.24, 0.075, 1.5 * np.pi),
         "domains": [((0.24, -0.05, 0.05), (0.10, 0.09, 0.11))],
         "linkers": [],
@@ -104,14 +111,32 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     ])
 
 
-def _fill_ellipsoid(rng, centre, semi_axes) -> np.ndarray:
-    """Atoms uniform inside a randomly oriented ellipsoid, count set by the density."""
-    a = np.asarray(semi_axes, dtype=float)
-    n = max(4, int(round(ATOM_DENSITY * 4.0 / 3.0 * np.pi * np.prod(a))))
+def _uniform_ball(rng, n: int) -> np.ndarray:
+    """``n`` points uniform in the unit ball, (n, 3)."""
     u = rng.standard_normal((n, 3))
     u /= np.linalg.norm(u, axis=1, keepdims=True)
-    u *= rng.uniform(0.0, 1.0, (n, 1)) ** (1.0 / 3.0)
-    return (u * a) @ _random_rotation(rng).T + np.asarray(centre, dtype=float)
+    return u * rng.uniform(0.0, 1.0, (n, 1)) ** (1.0 / 3.0)
+
+
+def _fill_ellipsoid(rng, centre, semi_axes, rods: bool = True) -> np.ndarray:
+    """Atoms inside a randomly oriented ellipsoid, count set by the density.
+
+    With ``rods``, atoms come in short straight runs (helix-like rods of
+    :data:`ROD_ATOMS` atoms, :data:`ROD_SPACING` apart, random directions) whose centres
+    are uniform in the ellipsoid: projections then have protein-like internal texture.
+    """
+    a = np.asarray(semi_axes, dtype=float)
+    n = max(4, int(round(ATOM_DENSITY * 4.0 / 3.0 * np.pi * np.prod(a))))
+    if not rods:
+        pts = _uniform_ball(rng, n) * a
+    else:
+        n_rods = max(1, n // ROD_ATOMS)
+        centres = _uniform_ball(rng, n_rods) * a
+        d = rng.standard_normal((n_rods, 3))
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        steps = (np.arange(ROD_ATOMS) - (ROD_ATOMS - 1) / 2.0) * ROD_SPACING
+        pts = (centres[:, None, :] + steps[None, :, None] * d[:, None, :]).reshape(-1, 3)
+    return pts @ _random_rotation(rng).T + np.asarray(centre, dtype=float)
 
 
 def _fill_rod(rng, start, end, radius) -> np.ndarray:
@@ -143,7 +168,7 @@ def _fill_arc(rng, centre, arc_radius, tube_radius, arc_angle) -> np.ndarray:
 
 
 def _random_design(rng: np.random.Generator) -> dict:
-    """A procedural design (species beyond the fixed library): 3-5 unequal domains."""
+    """Make a procedural design (species beyond the library): 3-5 unequal domains."""
     n_dom = int(rng.integers(3, 6))
     domains = []
     centre = np.zeros(3)
@@ -199,8 +224,8 @@ def filament_phantom(diameter_A: float, length_A: float) -> Phantom:
     helix_r, rise, twist = 0.30 * width, 0.12 * width, np.deg2rad(40.0)
     sub_r = 0.20 * width
     # one subunit: a lopsided blob (an elongated lobe plus a small knob)
-    lobe = _fill_ellipsoid(rng, (0, 0, 0), (1.0, 0.6, 0.5))[:9]
-    knob = _fill_ellipsoid(rng, (0.9, 0.5, 0.0), (0.3, 0.3, 0.3))[:3]
+    lobe = _uniform_ball(rng, 9) * np.array([1.0, 0.6, 0.5])
+    knob = _uniform_ball(rng, 3) * 0.3 + np.array([0.9, 0.5, 0.0])
     sub = np.concatenate([lobe, knob]) * sub_r
     n_sub = max(2, int(length_A // rise))
     parts = []

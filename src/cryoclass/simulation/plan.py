@@ -19,7 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from cryoclass.simulation.params import SimulationParams
-from cryoclass.simulation.views import random_filament_rotations, random_rotations, select_views
+from cryoclass.simulation.views import (
+    candidate_views,
+    random_filament_rotations,
+    random_rotations,
+    select_distinct,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,22 +44,30 @@ DUPLICATE_DISTANCE_A = (20.0, 60.0)
 
 
 def rng_for(seed: int, *key: int) -> np.random.Generator:
-    """Generator of the stream ``key`` (e.g. ``(STREAM_NOISE, block)``) of ``seed``."""
+    """Return the generator of stream ``key`` (e.g. ``(STREAM_NOISE, block)``) of ``seed``."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=tuple(key)))
 
 
-def species_views(params: SimulationParams, is_filament: list[bool]) -> list[np.ndarray]:
+#: Random candidate views per species from which the discrete views are chosen.
+N_VIEW_CANDIDATES = 96
+
+
+def species_views(params: SimulationParams, is_filament: list[bool], render) -> list[np.ndarray]:
     """Discrete view rotations of each species, list of (views_per_species, 3, 3).
 
-    Empty (0, 3, 3) arrays when views are continuous.
+    The views are the most mutually different (after in-plane rotation) among
+    :data:`N_VIEW_CANDIDATES` random candidates (``render(k, rotations) -> (m, n, n)``
+    gives the candidate projections). Empty (0, 3, 3) arrays when views are continuous.
     """
     out = []
     for k, fil in enumerate(is_filament):
         if params.views_per_species == 0:
             out.append(np.zeros((0, 3, 3)))
-        else:
-            rng = rng_for(params.seed, STREAM_VIEWS, k)
-            out.append(select_views(rng, params.views_per_species, filament=fil))
+            continue
+        rng = rng_for(params.seed, STREAM_VIEWS, k)
+        n_cand = max(N_VIEW_CANDIDATES, 4 * params.views_per_species)
+        cand = candidate_views(rng, n_cand, filament=fil)
+        out.append(cand[select_distinct(render(k, cand), params.views_per_species)])
     return out
 
 

@@ -18,7 +18,7 @@ FILAMENT_MAX_TILT_DEG = 20.0
 
 
 def quaternion_to_matrix(q: np.ndarray) -> np.ndarray:
-    """Unit quaternions (..., 4) as (w, x, y, z) -> rotation matrices (..., 3, 3)."""
+    """Convert quaternions (..., 4) as (w, x, y, z) to rotation matrices (..., 3, 3)."""
     q = q / np.linalg.norm(q, axis=-1, keepdims=True)
     w, x, y, z = np.moveaxis(q, -1, 0)
     out = np.empty(q.shape[:-1] + (3, 3))
@@ -73,31 +73,75 @@ def random_filament_rotations(rng: np.random.Generator, n: int) -> np.ndarray:
     return rot_z(alpha) @ tilt_m @ spin
 
 
-def select_views(
-    rng: np.random.Generator, n_views: int, filament: bool = False, n_candidates: int = 1024
-) -> np.ndarray:
-    """``n_views`` well-separated view rotations, shape (n_views, 3, 3).
+def candidate_views(rng: np.random.Generator, n: int, filament: bool = False) -> np.ndarray:
+    """``n`` random candidate view rotations (n, 3, 3) (flat-lying ones for a filament)."""
+    return random_filament_rotations(rng, n) if filament else random_rotations(rng, n)
 
-    Greedy farthest-point selection among random candidates, with the axial distance
-    ``arccos |d_i . d_j|`` between viewing directions (a direction and its opposite give
-    mirror-image projections, which look alike, so they count as close).
+
+def polar_images(images: np.ndarray, n_theta: int = 90) -> np.ndarray:
+    """Resample centred images (m, n, n) on a polar grid (m, n_r, n_theta), r-weighted.
+
+    Rows are radii ``1 .. n//2 - 1`` px, columns angles ``2 pi j / n_theta``; each row is
+    multiplied by ``sqrt(r)`` so that plain sums approximate area integrals.
     """
-    if filament:
-        cand = random_filament_rotations(rng, n_candidates)
-    else:
-        cand = random_rotations(rng, n_candidates)
-    d = cand[:, 2, :]  # (n_candidates, 3) viewing directions
+    from scipy.ndimage import map_coordinates
+
+    m, n = images.shape[0], images.shape[-1]
+    r = np.arange(1, n // 2, dtype=float)
+    theta = 2 * np.pi * np.arange(n_theta) / n_theta
+    x = r[:, None] * np.cos(theta)[None, :] + n // 2
+    y = r[:, None] * np.sin(theta)[None, :] + n // 2
+    out = np.empty((m, r.size, n_theta))
+    for i in range(m):
+        out[i] = map_coordinates(images[i], [y, x], order=1)
+    return out * np.sqrt(r)[None, :, None]
+
+
+def rotational_correlation(polar: np.ndarray) -> np.ndarray:
+    """Pairwise correlation maximised over in-plane rotation, (m, m), of polar images.
+
+    Means are removed and norms divided out per image, so the diagonal is one.
+    """
+    p = polar - polar.mean(axis=(1, 2), keepdims=True)
+    p /= np.linalg.norm(p, axis=(1, 2), keepdims=True)
+    f = np.fft.rfft(p, axis=2)  # (m, n_r, n_theta//2+1)
+    cross = np.einsum("irk,jrk->ijk", f, np.conj(f))
+    cc = np.fft.irfft(cross, n=p.shape[2], axis=2)
+    return cc.max(axis=2)
+
+
+def select_distinct(projections: np.ndarray, n_views: int) -> list[int]:
+    """Greedily pick ``n_views`` projections that are least alike after in-plane rotation.
+
+    Starts from the first candidate and adds, each time, the candidate whose largest
+    rotational correlation with those already chosen is smallest.
+
+    Parameters
+    ----------
+    projections : ndarray (n_candidates, n, n)
+        Centred candidate projections.
+    n_views : int
+        Number to choose (<= n_candidates).
+
+    Returns
+    -------
+    list of int
+        Indices of the chosen candidates.
+    """
+    corr = rotational_correlation(polar_images(projections))
     chosen = [0]
-    dist = np.arccos(np.clip(np.abs(d @ d[0]), 0.0, 1.0))
+    worst = corr[0].copy()
+    worst[0] = np.inf
     for _ in range(1, n_views):
-        nxt = int(np.argmax(dist))
+        nxt = int(np.argmin(worst))
         chosen.append(nxt)
-        dist = np.minimum(dist, np.arccos(np.clip(np.abs(d @ d[nxt]), 0.0, 1.0)))
-    return cand[chosen]
+        worst = np.maximum(worst, corr[nxt])
+        worst[chosen] = np.inf
+    return chosen
 
 
 def representative_views(n: int = 12, filament: bool = False) -> np.ndarray:
-    """A fixed spread of ``n`` view rotations (Fibonacci directions on a hemisphere).
+    """Return a fixed spread of ``n`` views (Fibonacci directions on a hemisphere).
 
     Used to store example clean projections when views are continuous.
     """
@@ -121,7 +165,7 @@ def representative_views(n: int = 12, filament: bool = False) -> np.ndarray:
 
 
 def rotation_to_z(d: np.ndarray) -> np.ndarray:
-    """A rotation whose third row is the unit vector ``d`` (it maps ``d`` onto e_z)."""
+    """Return a rotation whose third row is the unit vector ``d`` (it maps ``d`` to e_z)."""
     d = np.asarray(d, dtype=float)
     d = d / np.linalg.norm(d)
     helper = np.array([1.0, 0.0, 0.0]) if abs(d[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
