@@ -1,0 +1,802 @@
+"""Particle sets: load RELION STAR / CryoSPARC .cs into one canonical table; write results.
+
+``load_particles`` reads either format into a :class:`ParticleTable` whose ``meta``
+frame has the same unit-suffixed columns for both (see
+:data:`cryoclass.io.fields.CANONICAL_COLUMNS`), checks the image stacks from their
+headers and keeps the raw input (STAR blocks or .cs array) so that the writers can
+return every input column, in input order, with the alignment results added.
+
+Example
+-------
+>>> table = load_particles("Extract/job005/particles.star")        # doctest: +SKIP
+>>> table.meta[["defocus_u_A", "pixel_size_A"]].head()              # doctest: +SKIP
+>>> images = table.image_source().read(range(100))                  # (100, box, box)
+>>> write_particles_star("run/particles.star", table, align)        # doctest: +SKIP
+
+Conventions (details in docs/formats.md): image indices are 0-based in ``meta``
+(STAR's ``idx@stack`` is 1-based); angles in radians; ``shift_*_A`` in ``align`` is the
+particle centre minus the box centre, so RELION's origin is its negative.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cryoclass.errors import InputError
+from cryoclass.io import fields as F
+from cryoclass.io.cs import read_cs, with_fields, write_cs
+from cryoclass.io.mrc import ImageSource, read_header
+from cryoclass.io.star import read_star, write_star
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ParticleTable",
+    "load_particles",
+    "write_particles_star",
+    "write_particles_cs",
+    "write_subset_star",
+    "write_subset_cs",
+]
+
+_DEG2RAD = np.pi / 180.0
+
+
+@dataclass
+class ParticleTable:
+    """A particle set in canonical form plus the raw input it came from.
+
+    Attributes
+    ----------
+    meta : pandas.DataFrame
+        One row per particle in input order, columns
+        :data:`cryoclass.io.fields.CANONICAL_COLUMNS` (units in the names).
+    source_format : str
+        ``"star"`` or ``"cs"``.
+    source_path : str
+    star_blocks : dict[str, pandas.DataFrame] or None
+        Every block as read (STAR input), for writing back all input columns.
+    particles_block : str
+        Name of the particle block in ``star_blocks`` (``""`` for a bare ``data_``).
+    cs_array : numpy.ndarray or None
+        The structured array as read (.cs input).
+    box_px : int
+        Image side length (0 when unknown, i.e. images not checked and no header found).
+    has_ctf : bool
+        True when CTF correction is on and the CTF values came from the input; False
+        means ``meta`` holds the CTF-off convention.
+    has_locations : bool
+        True when micrograph names and picked coordinates exist.
+    base_dir : str
+        Folder that relative paths of the input were resolved against.
+    """
+
+    meta: pd.DataFrame
+    source_format: str
+    source_path: str
+    star_blocks: dict[str, pd.DataFrame] | None = None
+    particles_block: str = F.STAR_BLOCK_PARTICLES
+    cs_array: np.ndarray | None = None
+    box_px: int = 0
+    has_ctf: bool = True
+    has_locations: bool = False
+    base_dir: str = ""
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+    def image_source(self, max_open: int = 64) -> ImageSource:
+        """Return an :class:`~cryoclass.io.mrc.ImageSource` over this table's rows."""
+        return ImageSource(self.meta[F.IMAGE_PATH].to_numpy(dtype=object),
+                           self.meta[F.IMAGE_INDEX].to_numpy(), max_open=max_open)
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _base_candidates(folder: str, project_dir: str | None) -> list[str]:
+    """Folders to resolve relative paths against, in order of preference."""
+    if project_dir is not None:
+        return [os.path.abspath(project_dir)]
+    folder = os.path.abspath(folder)
+    out = [folder]
+    parent = folder
+    for _ in range(3):
+        parent = os.path.dirname(parent)
+        out.append(parent)
+    out.append(os.getcwd())
+    return list(dict.fromkeys(out))
+
+
+def _resolve(uniques: Sequence[str], candidates: list[str], what: str) -> tuple[list[str], str]:
+    """Resolve relative paths against the first candidate folder where one of them exists.
+
+    The STAR (.cs) file's own folder is tried first; RELION and CryoSPARC write paths
+    relative to the project directory, which is usually one to three levels up.
+    """
+    relative = [p for p in uniques if not os.path.isabs(p)]
+    base = candidates[0]
+    if relative:
+        probes = relative[:3]
+        for cand in candidates:
+            if any(os.path.exists(os.path.join(cand, p)) for p in probes):
+                base = cand
+                break
+        if base != candidates[0]:
+            logger.info("relative %s paths resolved against %s", what, base)
+    resolved = [os.path.normpath(p if os.path.isabs(p) else os.path.join(base, p))
+                for p in uniques]
+    return resolved, base
+
+
+def _numeric(values: pd.Series | np.ndarray, label: str, path: str,
+             finite: bool = True) -> np.ndarray:
+    """Return a float64 array; non-numbers (and NaN/inf when ``finite``) are InputErrors."""
+    series = pd.Series(values) if not isinstance(values, pd.Series) else values
+    out = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(out) if finite else np.isnan(out) & series.notna().to_numpy()
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise InputError(f"{path}: particle row {row + 1}: {label} is "
+                         f"'{series.iloc[row]}', not a finite number; fix that row")
+    return out
+
+
+def _decode(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Factorize a bytes/str array; return (codes, decoded uniques)."""
+    codes, uniques = pd.factorize(np.asarray(values, dtype=object))
+    decoded = [u.decode("utf-8", errors="replace") if isinstance(u, bytes) else str(u)
+               for u in uniques]
+    return codes, decoded
+
+
+def _ctf_error(path: str, missing: list[str]) -> InputError:
+    return InputError(
+        f"{path}: CTF correction is on but these CTF fields are missing: "
+        f"{', '.join(missing)}; add them (e.g. extract the particles from micrographs "
+        "with CTF estimates) or run with CTF correction off (--no-ctf)"
+    )
+
+
+def _ctf_off_columns(n: int, voltage_kv: np.ndarray | None) -> dict[str, np.ndarray]:
+    out = {k: np.full(n, v) for k, v in F.CTF_OFF_VALUES.items()}
+    volt = np.full(n, F.DEFAULT_VOLTAGE_KV) if voltage_kv is None else voltage_kv.copy()
+    volt[~np.isfinite(volt)] = F.DEFAULT_VOLTAGE_KV
+    out[F.VOLTAGE_KV] = volt
+    return out
+
+
+def _make_meta(columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    meta = pd.DataFrame({name: columns[name] for name in F.CANONICAL_COLUMNS})
+    meta[F.IMAGE_INDEX] = meta[F.IMAGE_INDEX].astype(np.int64)
+    return meta
+
+
+# --- STAR -------------------------------------------------------------------------------
+
+
+def _find_particle_block(blocks: dict[str, pd.DataFrame], path: str) -> str:
+    if F.STAR_BLOCK_PARTICLES in blocks:
+        name = F.STAR_BLOCK_PARTICLES
+    else:
+        with_images = [k for k, v in blocks.items() if F.RLN_IMAGE_NAME in v.columns]
+        others = [k for k in blocks if k != F.STAR_BLOCK_OPTICS]
+        if with_images:
+            name = with_images[0]
+        elif len(others) == 1:
+            name = others[0]
+        else:
+            found = ", ".join(f"data_{k}" for k in blocks) or "none"
+            raise InputError(f"{path}: no particle block (data_particles, or a block with "
+                             f"_rlnImageName); blocks found: {found}")
+    if F.RLN_IMAGE_NAME not in blocks[name].columns:
+        raise InputError(
+            f"{path}: data_{name} has no _rlnImageName column, so the particle images "
+            "cannot be found; use a particle STAR file from extraction (each row "
+            "names its image as index@stack.mrcs)"
+        )
+    if len(blocks[name]) == 0:
+        raise InputError(f"{path}: data_{name} holds no particles")
+    return name
+
+
+def _join_optics(blocks: dict[str, pd.DataFrame], name: str, path: str) -> dict[str, pd.Series]:
+    """Particle columns plus optics-group columns (RELION 3.1+) broadcast per particle."""
+    parts = blocks[name]
+    cols: dict[str, pd.Series] = {c: parts[c] for c in parts.columns}
+    optics = blocks.get(F.STAR_BLOCK_OPTICS)
+    if name == F.STAR_BLOCK_OPTICS or optics is None or F.RLN_OPTICS_GROUP not in parts:
+        return cols
+    if F.RLN_OPTICS_GROUP not in optics.columns:
+        raise InputError(f"{path}: data_optics has no _rlnOpticsGroup column")
+    keys = pd.Index(optics[F.RLN_OPTICS_GROUP].to_numpy())
+    if not keys.is_unique:
+        raise InputError(f"{path}: data_optics defines an optics group twice")
+    pos = keys.get_indexer(parts[F.RLN_OPTICS_GROUP].to_numpy())
+    if (pos < 0).any():
+        row = int(np.argmax(pos < 0))
+        raise InputError(
+            f"{path}: particle row {row + 1} has _rlnOpticsGroup "
+            f"{parts[F.RLN_OPTICS_GROUP].iloc[row]}, which data_optics does not define"
+        )
+    for c in optics.columns:
+        if c not in cols:
+            cols[c] = pd.Series(optics[c].to_numpy()[pos])
+    return cols
+
+
+def _split_image_names(names: pd.Series, path: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``idx@stack`` -> (0-based index, codes into unique stack names, unique stack names)."""
+    names = names.astype(str)
+    split = names.str.partition("@")
+    has_at = (split[1] == "@").to_numpy()
+    idx_text = split[0].where(has_at, "1")
+    stack = split[2].where(has_at, split[0])
+    idx = pd.to_numeric(idx_text.str.strip(), errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(idx) | (idx < 1) | (idx != np.round(idx))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise InputError(f"{path}: particle row {row + 1}: _rlnImageName "
+                         f"{names.iloc[row]!r} is not index@stack with a 1-based index")
+    codes, uniques = pd.factorize(stack.to_numpy(dtype=object))
+    cleaned = []
+    for u in uniques:
+        u = str(u).strip()
+        for suffix in (":mrcs", ":mrc"):  # RELION's optional file-type suffix
+            if u.endswith(suffix):
+                u = u[: -len(suffix)]
+        cleaned.append(u)
+    return idx.astype(np.int64) - 1, codes, cleaned
+
+
+def _load_star(path: str, ctf: bool, project_dir: str | None) -> ParticleTable:
+    blocks = read_star(path)
+    name = _find_particle_block(blocks, path)
+    cols = _join_optics(blocks, name, path)
+    n = len(blocks[name])
+
+    index0, codes, stacks = _split_image_names(cols[F.RLN_IMAGE_NAME], path)
+    resolved, base = _resolve(stacks, _base_candidates(os.path.dirname(path), project_dir),
+                              "image stack")
+    out: dict[str, np.ndarray] = {
+        F.IMAGE_PATH: np.asarray(resolved, dtype=object)[codes],
+        F.IMAGE_INDEX: index0,
+    }
+
+    # pixel size: per-particle / optics rlnImagePixelSize, rlnPixelSize, or 3.0 mag + detector
+    if F.RLN_IMAGE_PIXEL_SIZE in cols:
+        psize = _numeric(cols[F.RLN_IMAGE_PIXEL_SIZE], "_rlnImagePixelSize", path)
+    elif F.RLN_PIXEL_SIZE in cols:
+        psize = _numeric(cols[F.RLN_PIXEL_SIZE], "_rlnPixelSize", path)
+    elif F.RLN_MAGNIFICATION in cols and F.RLN_DETECTOR_PIXEL_SIZE in cols:
+        mag = _numeric(cols[F.RLN_MAGNIFICATION], "_rlnMagnification", path)
+        det_um = _numeric(cols[F.RLN_DETECTOR_PIXEL_SIZE], "_rlnDetectorPixelSize", path)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            psize = det_um * 1e4 / mag
+    else:
+        raise InputError(
+            f"{path}: no pixel size; add _rlnImagePixelSize (to data_optics in RELION 3.1+, "
+            "or per particle), _rlnPixelSize, or _rlnDetectorPixelSize and _rlnMagnification"
+        )
+    if not (psize > 0).all():
+        row = int(np.argmax(~(psize > 0)))
+        raise InputError(f"{path}: particle row {row + 1}: pixel size {psize[row]} is not "
+                         "positive")
+    out[F.PIXEL_SIZE_A] = psize
+
+    voltage = (_numeric(cols[F.RLN_VOLTAGE], "_rlnVoltage", path, finite=False)
+               if F.RLN_VOLTAGE in cols else None)
+    if ctf:
+        missing = ["_" + lab for lab in F.STAR_CTF_REQUIRED if lab not in cols]
+        if missing:
+            raise _ctf_error(path, missing)
+        for canon, (label, factor) in F.STAR_TO_CANONICAL.items():
+            if canon in (F.LOCATION_X_PX, F.LOCATION_Y_PX):
+                continue
+            if label in cols:
+                out[canon] = _numeric(cols[label], "_" + label, path) * factor
+            else:  # optional: phase shift, B-factor
+                out[canon] = np.zeros(n)
+    else:
+        out.update(_ctf_off_columns(n, voltage))
+
+    has_mic = F.RLN_MICROGRAPH_NAME in cols
+    has_xy = F.RLN_COORDINATE_X in cols and F.RLN_COORDINATE_Y in cols
+    out[F.MICROGRAPH] = (cols[F.RLN_MICROGRAPH_NAME].astype(str).to_numpy(dtype=object)
+                         if has_mic else np.full(n, "", dtype=object))
+    for canon, label in ((F.LOCATION_X_PX, F.RLN_COORDINATE_X),
+                         (F.LOCATION_Y_PX, F.RLN_COORDINATE_Y)):
+        out[canon] = (_numeric(cols[label], "_" + label, path, finite=False) if has_xy
+                      else np.full(n, np.nan))
+
+    for canon, angst, pixels in ((F.INPUT_ORIGIN_X_A, F.RLN_ORIGIN_X_ANGST, F.RLN_ORIGIN_X),
+                                 (F.INPUT_ORIGIN_Y_A, F.RLN_ORIGIN_Y_ANGST, F.RLN_ORIGIN_Y)):
+        if angst in cols:
+            out[canon] = _numeric(cols[angst], "_" + angst, path)
+        elif pixels in cols:
+            out[canon] = _numeric(cols[pixels], "_" + pixels, path) * psize
+        else:
+            out[canon] = np.zeros(n)
+
+    box = 0
+    if F.RLN_IMAGE_SIZE in cols:
+        sizes = pd.to_numeric(cols[F.RLN_IMAGE_SIZE], errors="coerce")
+        if sizes.notna().all() and sizes.nunique() == 1:
+            box = int(sizes.iloc[0])
+    return ParticleTable(
+        meta=_make_meta(out), source_format="star", source_path=path, star_blocks=blocks,
+        particles_block=name, cs_array=None, box_px=box, has_ctf=ctf,
+        has_locations=has_mic and has_xy, base_dir=base,
+    )
+
+
+# --- CryoSPARC .cs ------------------------------------------------------------------------
+
+
+def _load_cs(path: str, ctf: bool, project_dir: str | None) -> ParticleTable:
+    arr = read_cs(path)
+    names = set(arr.dtype.names)
+    n = len(arr)
+    if n == 0:
+        raise InputError(f"{path}: the .cs file holds no particles")
+    for field in (F.CS_BLOB_PATH, F.CS_BLOB_IDX):
+        if field not in names:
+            raise InputError(
+                f"{path}: no {field} field, so the particle images cannot be found; use "
+                "a .cs with the particle blobs (e.g. the extraction job's particles, or "
+                "an exported particle set that merges the passthrough fields)"
+            )
+    codes, stacks = _decode(arr[F.CS_BLOB_PATH])
+    stacks = [s.lstrip(">") for s in stacks]  # CryoSPARC marks some imported paths with '>'
+    resolved, base = _resolve(stacks, _base_candidates(os.path.dirname(path), project_dir),
+                              "image stack")
+    out: dict[str, np.ndarray] = {
+        F.IMAGE_PATH: np.asarray(resolved, dtype=object)[codes],
+        F.IMAGE_INDEX: arr[F.CS_BLOB_IDX].astype(np.int64),
+    }
+    if F.CS_BLOB_PSIZE_A not in names:
+        raise InputError(f"{path}: no blob/psize_A field (pixel size); add it or use the "
+                         "particles output of the extraction job")
+    psize = _numeric(arr[F.CS_BLOB_PSIZE_A].astype(np.float64), F.CS_BLOB_PSIZE_A, path)
+    if not (psize > 0).all():
+        row = int(np.argmax(~(psize > 0)))
+        raise InputError(f"{path}: particle row {row + 1}: blob/psize_A {psize[row]} is not "
+                         "positive")
+    out[F.PIXEL_SIZE_A] = psize
+
+    voltage = (arr[F.CS_CTF_ACCEL_KV].astype(np.float64) if F.CS_CTF_ACCEL_KV in names
+               else None)
+    if ctf:
+        missing = [f for f in F.CS_CTF_REQUIRED if f not in names]
+        if missing:
+            raise _ctf_error(path, missing)
+        for canon, field in F.CS_TO_CANONICAL.items():
+            if canon == F.PIXEL_SIZE_A:
+                continue
+            out[canon] = (_numeric(arr[field].astype(np.float64), field, path)
+                          if field in names else np.zeros(n))
+    else:
+        out.update(_ctf_off_columns(n, voltage))
+
+    has_mic = (F.CS_LOCATION_MICROGRAPH_PATH in names
+               or F.CS_LOCATION_MICROGRAPH_UID in names)
+    has_xy = {F.CS_LOCATION_CENTER_X_FRAC, F.CS_LOCATION_CENTER_Y_FRAC,
+              F.CS_LOCATION_MICROGRAPH_SHAPE} <= names
+    if F.CS_LOCATION_MICROGRAPH_PATH in names:
+        mcodes, mics = _decode(arr[F.CS_LOCATION_MICROGRAPH_PATH])
+        out[F.MICROGRAPH] = np.asarray(mics, dtype=object)[mcodes]
+    elif has_mic:
+        out[F.MICROGRAPH] = arr[F.CS_LOCATION_MICROGRAPH_UID].astype(str).astype(object)
+    else:
+        out[F.MICROGRAPH] = np.full(n, "", dtype=object)
+    if has_xy:
+        shape = arr[F.CS_LOCATION_MICROGRAPH_SHAPE].astype(np.float64)  # (n, 2) [ny, nx]
+        out[F.LOCATION_X_PX] = arr[F.CS_LOCATION_CENTER_X_FRAC] * shape[:, 1]
+        out[F.LOCATION_Y_PX] = arr[F.CS_LOCATION_CENTER_Y_FRAC] * shape[:, 0]
+    else:
+        out[F.LOCATION_X_PX] = np.full(n, np.nan)
+        out[F.LOCATION_Y_PX] = np.full(n, np.nan)
+
+    if F.CS_A2D_SHIFT in names:
+        # assumed: alignments2D/shift (px) has the sign of RELION's origin (docs/formats.md)
+        a2d_psize = (arr[F.CS_A2D_PSIZE_A].astype(np.float64) if F.CS_A2D_PSIZE_A in names
+                     else psize)
+        shift = arr[F.CS_A2D_SHIFT].astype(np.float64)
+        out[F.INPUT_ORIGIN_X_A] = shift[:, 0] * a2d_psize
+        out[F.INPUT_ORIGIN_Y_A] = shift[:, 1] * a2d_psize
+    else:
+        out[F.INPUT_ORIGIN_X_A] = np.zeros(n)
+        out[F.INPUT_ORIGIN_Y_A] = np.zeros(n)
+
+    box = 0
+    if F.CS_BLOB_SHAPE in names:
+        shapes = np.asarray(arr[F.CS_BLOB_SHAPE]).reshape(n, -1)
+        if (shapes == shapes[0]).all() and shapes.shape[1] == 2 and shapes[0, 0] == shapes[0, 1]:
+            box = int(shapes[0, 0])
+    return ParticleTable(
+        meta=_make_meta(out), source_format="cs", source_path=path, star_blocks=None,
+        particles_block=F.STAR_BLOCK_PARTICLES, cs_array=arr, box_px=box, has_ctf=ctf,
+        has_locations=has_mic and has_xy, base_dir=base,
+    )
+
+
+# --- public loader ------------------------------------------------------------------------
+
+
+def load_particles(path: str | os.PathLike, *, ctf: bool = True, project_dir: str | None = None,
+                   check_images: bool = True) -> ParticleTable:
+    """Load a RELION STAR or CryoSPARC .cs particle set.
+
+    Parameters
+    ----------
+    path
+        ``.star`` (RELION 3.0 or 3.1+) or ``.cs`` file.
+    ctf
+        CTF correction on: the CTF fields must be present. Off: ``meta`` gets the
+        CTF-off convention (amplitude contrast 1, defocus 0, Cs 0, phase shift 0).
+    project_dir
+        Folder that relative stack paths are relative to. Default: the particle file's
+        folder, or the first of its three parent folders (then the working directory)
+        where the first stacks exist (RELION/CryoSPARC project layout).
+    check_images
+        Check every referenced stack from its header (exists, readable MRC, real mode,
+        not truncated, index in range, one square box size) and set ``box_px``.
+
+    Returns
+    -------
+    ParticleTable
+
+    Raises
+    ------
+    InputError
+        Any problem with the file, its columns or its stacks, naming what to fix.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"{path}: particle file not found; check the path")
+    suffix = Path(path).suffix.lower()
+    if suffix == ".star":
+        table = _load_star(path, ctf, project_dir)
+    elif suffix == ".cs":
+        table = _load_cs(path, ctf, project_dir)
+    else:
+        raise InputError(f"{path}: unknown particle file type {suffix or '(no suffix)'!r}; "
+                         "give a RELION .star or a CryoSPARC .cs file")
+    if check_images:
+        source = table.image_source()
+        try:
+            source.validate()
+        except InputError as exc:
+            if "not found" in str(exc):
+                raise InputError(
+                    f"{exc}; relative paths were resolved against {table.base_dir} "
+                    "(set the project directory to change that)"
+                ) from None
+            raise
+        finally:
+            source.close()
+        table.box_px = source.box_px
+    elif table.box_px == 0:
+        first = str(table.meta[F.IMAGE_PATH].iloc[0])
+        if os.path.isfile(first):
+            try:
+                table.box_px = read_header(first).nx
+            except InputError:
+                logger.debug("%s: box size unknown (header of %s unreadable)", path, first)
+    logger.info("%s: %d particles, %d stacks, box %d px, pixel size %.4g A, CTF %s, "
+                "locations %s", path, len(table), table.meta[F.IMAGE_PATH].nunique(),
+                table.box_px, float(table.meta[F.PIXEL_SIZE_A].iloc[0]),
+                "on" if table.has_ctf else "off", "yes" if table.has_locations else "no")
+    return table
+
+
+# --- writers ------------------------------------------------------------------------------
+
+
+def _rows(table: ParticleTable, rows: Sequence[int] | np.ndarray | None) -> np.ndarray:
+    if rows is None:
+        return np.arange(len(table))
+    rows = np.asarray(rows)
+    if rows.dtype == bool:
+        if rows.shape != (len(table),):
+            raise ValueError(f"boolean rows must have shape ({len(table)},)")
+        return np.flatnonzero(rows)
+    rows = rows.astype(np.int64).reshape(-1)
+    if rows.size and (rows.min() < 0 or rows.max() >= len(table)):
+        raise ValueError(f"rows out of range for a table of {len(table)} particles")
+    return rows
+
+
+def _align(table: ParticleTable, align: Mapping[str, object] | None,
+           rows: np.ndarray) -> tuple[dict[str, np.ndarray] | None, bool]:
+    """Check ``align`` (arrays over all particles), take ``rows``; return (arrays, ctf_off)."""
+    if align is None:
+        return None, not table.has_ctf
+    missing = [k for k in F.ALIGN_KEYS if k not in align]
+    if missing:
+        raise ValueError(f"align is missing {missing}")
+    out = {}
+    for key in F.ALIGN_KEYS:
+        values = np.asarray(align[key])
+        if values.shape != (len(table),):
+            raise ValueError(f"align[{key!r}] has shape {values.shape}; expected "
+                             f"({len(table)},), one value per particle")
+        out[key] = values[rows]
+    ctf_off = bool(align.get("ctf_off", not table.has_ctf))
+    return out, ctf_off
+
+
+def _optics_from_meta(table: ParticleTable) -> tuple[pd.DataFrame, np.ndarray]:
+    """One optics group per distinct (pixel size, voltage, Cs, Q0); 1-based ids per particle."""
+    meta = table.meta
+    keys = [F.PIXEL_SIZE_A, F.VOLTAGE_KV, F.CS_MM, F.AMPLITUDE_CONTRAST]
+    gid = meta.groupby(keys, sort=False, dropna=False).ngroup().to_numpy() + 1
+    _, first = np.unique(gid, return_index=True)
+    first = np.sort(first)
+    groups = gid[first]
+    optics = pd.DataFrame({
+        F.RLN_OPTICS_GROUP_NAME: [f"opticsGroup{g}" for g in groups],
+        F.RLN_OPTICS_GROUP: groups.astype(np.int64),
+        F.RLN_IMAGE_PIXEL_SIZE: meta[F.PIXEL_SIZE_A].to_numpy()[first],
+        F.RLN_IMAGE_SIZE: np.full(len(groups), table.box_px, dtype=np.int64),
+        F.RLN_IMAGE_DIMENSIONALITY: np.full(len(groups), 2, dtype=np.int64),
+        F.RLN_VOLTAGE: meta[F.VOLTAGE_KV].to_numpy()[first],
+        F.RLN_SPHERICAL_ABERRATION: meta[F.CS_MM].to_numpy()[first],
+        F.RLN_AMPLITUDE_CONTRAST: meta[F.AMPLITUDE_CONTRAST].to_numpy()[first],
+    })
+    return optics, gid
+
+
+def _image_names(index0: np.ndarray, paths: np.ndarray) -> np.ndarray:
+    numbers = pd.Series(index0 + 1).astype(str).str.zfill(6)
+    return (numbers + "@" + pd.Series(paths).astype(str)).to_numpy(dtype=object)
+
+
+def _star_particles_from_meta(table: ParticleTable, rows: np.ndarray) -> pd.DataFrame:
+    """RELION particle columns for a table that did not come from STAR."""
+    m = table.meta.iloc[rows]
+    parts = pd.DataFrame({
+        F.RLN_IMAGE_NAME: _image_names(m[F.IMAGE_INDEX].to_numpy(),
+                                       m[F.IMAGE_PATH].to_numpy(dtype=object)),
+    })
+    if table.has_locations:
+        parts[F.RLN_MICROGRAPH_NAME] = m[F.MICROGRAPH].to_numpy(dtype=object)
+        parts[F.RLN_COORDINATE_X] = m[F.LOCATION_X_PX].to_numpy()
+        parts[F.RLN_COORDINATE_Y] = m[F.LOCATION_Y_PX].to_numpy()
+    parts[F.RLN_DEFOCUS_U] = m[F.DEFOCUS_U_A].to_numpy()
+    parts[F.RLN_DEFOCUS_V] = m[F.DEFOCUS_V_A].to_numpy()
+    parts[F.RLN_DEFOCUS_ANGLE] = np.rad2deg(m[F.DEFOCUS_ANGLE_RAD].to_numpy())
+    parts[F.RLN_PHASE_SHIFT] = np.rad2deg(m[F.PHASE_SHIFT_RAD].to_numpy())
+    parts[F.RLN_CTF_BFACTOR] = m[F.BFACTOR_A2].to_numpy()
+    parts[F.RLN_ORIGIN_X_ANGST] = m[F.INPUT_ORIGIN_X_A].to_numpy()
+    parts[F.RLN_ORIGIN_Y_ANGST] = m[F.INPUT_ORIGIN_Y_A].to_numpy()
+    return parts
+
+
+def _star_output(table: ParticleTable, rows: np.ndarray, al: dict[str, np.ndarray] | None,
+                 ctf_off: bool) -> dict[str, pd.DataFrame]:
+    """Blocks of a RELION 3.1 particle STAR for ``rows`` of ``table``."""
+    optics: pd.DataFrame | None = None
+    if table.star_blocks is not None:
+        parts = table.star_blocks[table.particles_block].iloc[rows].reset_index(drop=True)
+        if (table.particles_block != F.STAR_BLOCK_OPTICS and F.RLN_OPTICS_GROUP in parts
+                and F.STAR_BLOCK_OPTICS in table.star_blocks):
+            optics = table.star_blocks[F.STAR_BLOCK_OPTICS].copy()
+    else:
+        parts = _star_particles_from_meta(table, rows)
+    if optics is None:  # RELION 3.0 or .cs input: build the optics block
+        optics, gid = _optics_from_meta(table)
+        parts[F.RLN_OPTICS_GROUP] = gid[rows]
+
+    psize = table.meta[F.PIXEL_SIZE_A].to_numpy()[rows]
+    if al is not None:
+        origin_x_A = -al["shift_x_A"].astype(np.float64) + 0.0  # + 0.0: no "-0.000000"
+        origin_y_A = -al["shift_y_A"].astype(np.float64) + 0.0
+        parts[F.RLN_CLASS_NUMBER] = al["class_index"].astype(np.int64) + 1
+        parts[F.RLN_ANGLE_PSI] = al["psi_deg"].astype(np.float64)
+        parts[F.RLN_ORIGIN_X_ANGST] = origin_x_A
+        parts[F.RLN_ORIGIN_Y_ANGST] = origin_y_A
+        if F.RLN_ORIGIN_X in parts:  # keep a 3.0 pixel origin consistent
+            parts[F.RLN_ORIGIN_X] = origin_x_A / psize
+        if F.RLN_ORIGIN_Y in parts:
+            parts[F.RLN_ORIGIN_Y] = origin_y_A / psize
+        parts[F.RLN_MAX_VALUE_PROB_DISTRIBUTION] = al["best_class_prob"].astype(np.float64)
+        ess = np.nan_to_num(al["ess"].astype(np.float64), nan=1.0, posinf=1.0)
+        parts[F.RLN_NR_OF_SIGNIFICANT_SAMPLES] = np.maximum(1, np.rint(ess)).astype(np.int64)
+        parts[F.RLN_LOG_LIKELI_CONTRIBUTION] = al["score"].astype(np.float64)
+
+    if ctf_off:
+        for label in (F.RLN_DEFOCUS_U, F.RLN_DEFOCUS_V, F.RLN_DEFOCUS_ANGLE):
+            parts[label] = 0.0
+        for label in (F.RLN_PHASE_SHIFT, F.RLN_CTF_BFACTOR):
+            if label in parts:
+                parts[label] = 0.0
+        for label, value in ((F.RLN_SPHERICAL_ABERRATION, 0.0), (F.RLN_AMPLITUDE_CONTRAST, 1.0)):
+            optics[label] = value
+            if label in parts:
+                parts[label] = value
+        if F.RLN_VOLTAGE not in optics and F.RLN_VOLTAGE not in parts:
+            optics[F.RLN_VOLTAGE] = F.DEFAULT_VOLTAGE_KV
+    return {F.STAR_BLOCK_OPTICS: optics, F.STAR_BLOCK_PARTICLES: parts}
+
+
+def _uids(table: ParticleTable) -> np.ndarray:
+    """Deterministic 64-bit uids for a table without them (same for every writer call)."""
+    seed = zlib.crc32(os.path.abspath(table.source_path).encode())
+    return np.random.default_rng(seed).integers(0, 2**64 - 1, size=len(table), dtype=np.uint64,
+                                                endpoint=True)
+
+
+def _micrograph_shapes(table: ParticleTable, mics: np.ndarray) -> np.ndarray | None:
+    """(n, 2) [ny, nx] of each particle's micrograph from MRC headers; None if any is missing."""
+    codes, uniques = pd.factorize(mics)
+    shapes = np.zeros((len(uniques), 2), dtype=np.uint32)
+    for k, name in enumerate(uniques):
+        mic = name if os.path.isabs(name) else os.path.join(table.base_dir, name)
+        if not os.path.isfile(mic):
+            logger.warning("micrograph %s not found: the .cs output has no location/* fields",
+                           mic)
+            return None
+        try:
+            info = read_header(mic)
+        except InputError as exc:
+            logger.warning("%s: the .cs output has no location/* fields", exc)
+            return None
+        shapes[k] = (info.ny, info.nx)
+    return shapes[codes]
+
+
+def _cs_from_meta(table: ParticleTable, rows: np.ndarray) -> np.ndarray:
+    """CryoSPARC particle fields for a table that did not come from .cs."""
+    m = table.meta.iloc[rows]
+    n = len(rows)
+    paths = m[F.IMAGE_PATH].to_numpy(dtype=object)
+    fields: dict[str, np.ndarray] = {
+        F.CS_UID: _uids(table)[rows],
+        F.CS_BLOB_PATH: np.array([p.encode("utf-8") for p in paths], dtype=bytes),
+        F.CS_BLOB_IDX: m[F.IMAGE_INDEX].to_numpy().astype(np.uint32),
+        F.CS_BLOB_SHAPE: np.tile(np.array([table.box_px, table.box_px], dtype=np.uint32),
+                                 (n, 1)),
+        F.CS_BLOB_PSIZE_A: m[F.PIXEL_SIZE_A].to_numpy().astype(np.float32),
+        F.CS_CTF_ACCEL_KV: m[F.VOLTAGE_KV].to_numpy().astype(np.float32),
+        F.CS_CTF_CS_MM: m[F.CS_MM].to_numpy().astype(np.float32),
+        F.CS_CTF_AMP_CONTRAST: m[F.AMPLITUDE_CONTRAST].to_numpy().astype(np.float32),
+        F.CS_CTF_DF1_A: m[F.DEFOCUS_U_A].to_numpy().astype(np.float32),
+        F.CS_CTF_DF2_A: m[F.DEFOCUS_V_A].to_numpy().astype(np.float32),
+        F.CS_CTF_DF_ANGLE_RAD: m[F.DEFOCUS_ANGLE_RAD].to_numpy().astype(np.float32),
+        F.CS_CTF_PHASE_SHIFT_RAD: m[F.PHASE_SHIFT_RAD].to_numpy().astype(np.float32),
+        F.CS_CTF_BFACTOR: m[F.BFACTOR_A2].to_numpy().astype(np.float32),
+    }
+    if table.has_locations and n:
+        mics = m[F.MICROGRAPH].to_numpy(dtype=object)
+        shapes = _micrograph_shapes(table, mics)
+        if shapes is not None:
+            fields[F.CS_LOCATION_MICROGRAPH_PATH] = np.array(
+                [str(p).encode("utf-8") for p in mics], dtype=bytes)
+            fields[F.CS_LOCATION_MICROGRAPH_SHAPE] = shapes
+            fields[F.CS_LOCATION_CENTER_X_FRAC] = (
+                m[F.LOCATION_X_PX].to_numpy() / shapes[:, 1]).astype(np.float32)
+            fields[F.CS_LOCATION_CENTER_Y_FRAC] = (
+                m[F.LOCATION_Y_PX].to_numpy() / shapes[:, 0]).astype(np.float32)
+    base = np.empty(n, dtype=[(F.CS_UID, "<u8")])
+    base[F.CS_UID] = fields.pop(F.CS_UID)
+    return with_fields(base, fields)
+
+
+def _cs_output(table: ParticleTable, rows: np.ndarray, al: dict[str, np.ndarray] | None,
+               ctf_off: bool) -> np.ndarray:
+    base = table.cs_array[rows] if table.cs_array is not None else _cs_from_meta(table, rows)
+    m = table.meta.iloc[rows]
+    updates: dict[str, np.ndarray] = {}
+    if al is not None:
+        psize = m[F.PIXEL_SIZE_A].to_numpy()
+        # assumed convention (docs/formats.md): shift (x, y) in px = RELION origin in px
+        shift_px = np.stack([-al["shift_x_A"] / psize, -al["shift_y_A"] / psize], axis=1) + 0.0
+        updates.update({
+            F.CS_A2D_CLASS: al["class_index"].astype(np.uint32),
+            F.CS_A2D_POSE: np.deg2rad(al["psi_deg"].astype(np.float64)).astype(np.float32),
+            F.CS_A2D_SHIFT: shift_px.astype(np.float32),
+            F.CS_A2D_PSIZE_A: psize.astype(np.float32),
+            F.CS_A2D_CLASS_POSTERIOR: al["class_posterior"].astype(np.float32),
+            F.CS_A2D_CLASS_ESS: al["ess"].astype(np.float32),
+            F.CS_A2D_ERROR: (-al["score"].astype(np.float64)).astype(np.float32),
+            F.CS_A2D_SPLIT: al["half_set"].astype(np.uint32),
+        })
+    if ctf_off:
+        n = len(rows)
+        for field, canon in ((F.CS_CTF_DF1_A, F.DEFOCUS_U_A), (F.CS_CTF_DF2_A, F.DEFOCUS_V_A),
+                             (F.CS_CTF_DF_ANGLE_RAD, F.DEFOCUS_ANGLE_RAD),
+                             (F.CS_CTF_CS_MM, F.CS_MM),
+                             (F.CS_CTF_AMP_CONTRAST, F.AMPLITUDE_CONTRAST),
+                             (F.CS_CTF_PHASE_SHIFT_RAD, F.PHASE_SHIFT_RAD)):
+            updates[field] = np.full(n, F.CTF_OFF_VALUES[canon], dtype=np.float32)
+        if F.CS_CTF_BFACTOR in base.dtype.names:
+            updates[F.CS_CTF_BFACTOR] = np.zeros(n, dtype=np.float32)
+        if F.CS_CTF_ACCEL_KV not in base.dtype.names:
+            updates[F.CS_CTF_ACCEL_KV] = m[F.VOLTAGE_KV].to_numpy().astype(np.float32)
+    return with_fields(base, updates) if updates else base.copy()
+
+
+def write_subset_star(path: str | os.PathLike, table: ParticleTable,
+                      rows: Sequence[int] | np.ndarray | None,
+                      align: Mapping[str, object] | None = None) -> None:
+    """Write some particles (in the order of ``rows``) as a RELION 3.1 STAR file.
+
+    Parameters
+    ----------
+    path
+        Destination; written atomically.
+    table
+        The loaded particle set.
+    rows : array-like of int, shape (n,), or bool mask, shape (n_particles,), or None
+        Particles to write (None: all).
+    align
+        Optional alignment results, arrays over ALL particles of ``table`` (see
+        :func:`write_particles_star`); only ``rows`` are written.
+    """
+    rows = _rows(table, rows)
+    al, ctf_off = _align(table, align, rows)
+    write_star(path, _star_output(table, rows, al, ctf_off))
+    logger.info("wrote %d particles to %s", len(rows), os.fspath(path))
+
+
+def write_particles_star(path: str | os.PathLike, table: ParticleTable,
+                         align: Mapping[str, object]) -> None:
+    """Write every particle with its alignment as a RELION 3.1 STAR file.
+
+    Every input column and the input row order are kept (RELION 3.0 input becomes 3.1,
+    one optics group per distinct pixel size / voltage / Cs / amplitude contrast). Added
+    or overwritten: ``rlnClassNumber`` (1-based), ``rlnAnglePsi``, ``rlnOriginXAngst`` =
+    -shift_x_A, ``rlnOriginYAngst`` = -shift_y_A, ``rlnMaxValueProbDistribution``,
+    ``rlnNrOfSignificantSamples`` (round(ess), >= 1), ``rlnLogLikeliContribution``.
+
+    Parameters
+    ----------
+    path
+        Destination; written atomically.
+    table
+        The loaded particle set.
+    align
+        Arrays of shape (n_particles,): ``class_index`` (0-based), ``psi_deg``,
+        ``shift_x_A``, ``shift_y_A`` (particle centre minus box centre),
+        ``class_posterior``, ``ess``, ``best_class_prob``, ``score``, ``half_set``; and
+        optionally ``ctf_off`` (bool, default ``not table.has_ctf``): write the CTF-off
+        values (defocus 0, Cs 0, amplitude contrast 1, phase shift 0).
+    """
+    write_subset_star(path, table, None, align)
+
+
+def write_subset_cs(path: str | os.PathLike, table: ParticleTable,
+                    rows: Sequence[int] | np.ndarray | None,
+                    align: Mapping[str, object] | None = None) -> None:
+    """Write some particles (in the order of ``rows``) as a CryoSPARC .cs file.
+
+    Parameters are as for :func:`write_subset_star`.
+    """
+    rows = _rows(table, rows)
+    al, ctf_off = _align(table, align, rows)
+    write_cs(path, _cs_output(table, rows, al, ctf_off))
+    logger.info("wrote %d particles to %s", len(rows), os.fspath(path))
+
+
+def write_particles_cs(path: str | os.PathLike, table: ParticleTable,
+                       align: Mapping[str, object]) -> None:
+    """Write every particle with its alignment as a CryoSPARC .cs file.
+
+    The input array (or, for STAR input, a new one with ``uid``, ``blob/*``, ``ctf/*``
+    and, when micrograph headers are readable, ``location/*``) gets these fields added
+    or overwritten: ``alignments2D/class`` (u4), ``pose`` (f4, rad = psi),
+    ``shift`` ((2,) f4, px, = RELION origin = -shift_A / pixel size), ``psize_A``,
+    ``class_posterior``, ``class_ess``, ``error`` (= -score) and ``split`` (u4 half set).
+
+    Parameters are as for :func:`write_particles_star`.
+    """
+    write_subset_cs(path, table, None, align)
