@@ -200,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CryoSPARC project directory for relative blob/path entries")
     c.add_argument("--validate-only", action="store_true",
                    help="check the inputs and config, then stop")
+    c.add_argument("--resume", action="store_true",
+                   help="continue from the run directory's checkpoint (start fresh if none)")
     _config_args(c)
     c.set_defaults(func=cmd_classify)
 
@@ -214,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     if add_arguments is not None:
         add_arguments(s)
     s.set_defaults(func=cmd_simulate)
+
+    r = sub.add_parser("resume", help="continue an interrupted run",
+                       description="Continue RUN from its checkpoint with its saved config.")
+    r.add_argument("run", help="run directory")
+    r.add_argument("--backend", choices=["auto", "numpy", "cupy"], default=None)
+    r.set_defaults(func=cmd_resume)
 
     cf = sub.add_parser("config", help="print the resolved configuration as TOML")
     _config_args(cf)
@@ -326,13 +334,58 @@ def check_table(table, cfg) -> None:
                          "--keep-duplicates")
 
 
+def cmd_resume(args, comm) -> int:
+    """Continue a run from its checkpoint with its own config and input."""
+    from cryoclass.config import load_config
+    from cryoclass.io.checkpoint import load_checkpoint
+
+    run = Path(args.run)
+    _, attrs = load_checkpoint(run / "checkpoint.h5")
+    ns = argparse.Namespace(
+        particles=str(attrs["input"]), out=str(run), project_dir=None, validate_only=False,
+        resume=True, quiet=args.quiet, verbose=args.verbose)
+    cfg = load_config(mapping=__import__("tomllib").loads(str(attrs["config_toml"])))
+    if args.backend:
+        from dataclasses import replace
+
+        cfg = replace(cfg, compute=replace(cfg.compute, backend=args.backend))
+    return run_classify(ns, cfg, comm)
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGUSR1 (batch-system time limits); polled between iterations."""
+
+    def __init__(self):
+        self.signal = None
+
+    def install(self) -> None:
+        import signal
+
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                signal.signal(sig, self._handler)
+            except (ValueError, OSError):  # not the main thread / unsupported
+                pass
+
+    def _handler(self, signum, frame) -> None:
+        self.signal = signum
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+
 def cmd_classify(args, comm) -> int:
     """Run the classification."""
+    return run_classify(args, resolve_config(args), comm)
+
+
+def run_classify(args, cfg, comm) -> int:
+    """Load, classify (resuming when asked), write outputs."""
     from cryoclass.backend import get_namespace, select_device
-    from cryoclass.em import classify
+    from cryoclass.em import StopRequested, classify
+    from cryoclass.io.checkpoint import load_checkpoint, save_checkpoint
     from cryoclass.outputs import provenance, write_outputs
 
-    cfg = resolve_config(args)
     outdir = Path(args.out)
     table = _load_inputs(args, cfg, comm)
     if args.validate_only:
@@ -351,13 +404,35 @@ def cmd_classify(args, comm) -> int:
     logger.info("cryoclass %s: %d particles from %s, %d classes, %d rank(s), backend %s",
                 __version__, len(table), args.particles, cfg.classify.n_classes, comm.size,
                 xp.__name__)
+    ckpt = outdir / "checkpoint.h5"
+    state = None
+    if getattr(args, "resume", False):
+        if ckpt.is_file():
+            state, _ = load_checkpoint(ckpt, cfg)
+            logger.info("resuming %s after iteration %d", outdir, state.iteration)
+        else:
+            logger.info("no checkpoint in %s: starting from the beginning", outdir)
+
+    def on_iteration(st, geom, record, is_last):
+        if comm.rank == 0 and cfg.output.checkpoint and not is_last:
+            save_checkpoint(ckpt, st, cfg, args.particles)
+
+    stop = _StopFlag()
+    stop.install()
     t0 = time.perf_counter()
     try:
-        result = classify(table, cfg, comm, xp)
+        result = classify(table, cfg, comm, xp, state=state, on_iteration=on_iteration,
+                          should_stop=stop)
         if comm.rank == 0:
             prov = provenance(sys.argv, comm.size, xp.__name__, args.particles)
             write_outputs(outdir, table, result, cfg, prov)
             logger.info("done in %.1f s; outputs in %s", time.perf_counter() - t0, outdir)
+    except StopRequested as exc:
+        if comm.rank == 0:
+            logger.warning("stopped by signal %s after iteration %d; checkpoint saved. "
+                           "Continue with: cryoclass resume %s", stop.signal, exc.iteration,
+                           outdir)
+        return 75
     except CryoclassError as exc:  # found by one rank mid-run: stop every rank
         where = f" (rank {comm.rank})" if comm.size > 1 else ""
         print(f"cryoclass: error{where}: {exc}", file=sys.stderr)

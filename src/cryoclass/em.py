@@ -419,8 +419,17 @@ class RunResult:
     timings: dict
 
 
+class StopRequested(Exception):
+    """A batch system asked the job to stop; the state after ``iteration`` is saved."""
+
+    def __init__(self, iteration: int):
+        super().__init__(f"stopped after iteration {iteration}")
+        self.iteration = iteration
+
+
 def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
-             state: ModelState | None = None, on_iteration=None) -> RunResult:
+             state: ModelState | None = None, on_iteration=None,
+             should_stop=None) -> RunResult:
     """Run the whole classification on this rank's shard.
 
     Parameters
@@ -431,8 +440,11 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
     xp : numpy or cupy
     state : ModelState, optional
         Resume from a checkpointed state.
-    on_iteration : callable(state, geom, record), optional
+    on_iteration : callable(state, geom, record, is_last), optional
         Called on every rank after each iteration (checkpointing, figures).
+    should_stop : callable() -> bool, optional
+        Polled after each iteration; when true on any rank, every rank raises
+        :class:`StopRequested` after ``on_iteration`` has run.
     """
     t0 = time.perf_counter()
     c = cfg.classify
@@ -522,13 +534,16 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
                 record["n_sub"], n_used, dt, record["particles_per_s"], *ess_q, *pmax_q,
                 record["empty_classes"], 100 * record["changed_class_frac"],
                 record["mean_psi_change_deg"])
+        is_last = it == len(plan) - 1
         if on_iteration is not None:
-            on_iteration(state, geom, record)
-        if it == len(plan) - 1:
+            on_iteration(state, geom, record, is_last)
+        if is_last:
             final = out
             com_final, alpha_final = com, alpha
-    if final is None:  # resumed after the last iteration: nothing left to compute
-        raise RuntimeError("run already complete: nothing to resume")
+        elif should_stop is not None and comm.any_true(bool(should_stop())):
+            raise StopRequested(it + 1)
+    if final is None:
+        raise RuntimeError("checkpoint is past the last iteration: nothing to resume")
     return finish(state, shard, geom, cfg, comm, final, com_final, alpha_final,
                   {"preprocess_s": t_pre, "total_s": time.perf_counter() - t0})
 
