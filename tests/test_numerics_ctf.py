@@ -118,9 +118,6 @@ def test_phase_flip_returns_signs(xp):
     assert_allclose(flip, np.where(full >= 0, 1.0, -1.0))
 
 
-@pytest.mark.xfail(reason="BUG: ctf_values(phase_flip=True) multiplies the signs by the "
-                          "B-factor envelope, so it does not return sign(CTF) when B != 0",
-                   strict=True)
 def test_phase_flip_returns_signs_with_bfactor():
     fy, fx = _freqs(np.random.default_rng(3))
     p = PARTICLES[1]  # B = 50

@@ -191,9 +191,6 @@ def test_working_box(box, psize, res, expected):
         assert 2 * psize * box / (m - 2) > res  # and it is the smallest such even box
 
 
-@pytest.mark.xfail(reason="BUG: working_box returns 8 > box for boxes smaller than 8 "
-                          "(max(8, min(m, full)) instead of min(max(8, m), full))",
-                   strict=True)
 def test_working_box_never_exceeds_input_box():
     m, _ = working_box(6, 1.0, 50.0)
     assert m <= 6

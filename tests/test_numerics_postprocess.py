@@ -27,9 +27,7 @@ RECENTER_XP = [
     pytest.param("numpy", id="numpy"),
     pytest.param("cupy", id="cupy", marks=[
         pytest.mark.gpu,
-        pytest.mark.skipif(not cupy_available(), reason="no CUDA device for CuPy"),
-        pytest.mark.xfail(reason="BUG: transforms.shift_images does np.asarray(shifts_px); "
-                                 "recenter passes a CuPy array -> TypeError", strict=True)]),
+        pytest.mark.skipif(not cupy_available(), reason="no CUDA device for CuPy")]),
 ]
 
 

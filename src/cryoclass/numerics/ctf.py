@@ -54,7 +54,7 @@ def ctf_values(
     defocus_u_A, ... bfactor_A2 : scalars or arrays (P,)
         Per-particle CTF parameters (units in the names).
     phase_flip : bool
-        Return ``sign(CTF)`` (phase-flip-only correction).
+        Return ``sign(CTF)`` (phase-flip-only correction), without the B-factor envelope.
 
     Returns
     -------
@@ -79,9 +79,10 @@ def ctf_values(
         q_phase = xp.arctan2(q, xp.sqrt(xp.clip(1.0 - q * q, 0.0, None)))
     chi = np.pi * lam * dz * s2 - 0.5 * np.pi * cs_A * lam**3 * s2**2 + phi + q_phase
     out = xp.sin(chi)
-    if phase_flip:
+    if phase_flip:  # signs only: no envelope (RELION's phase-flip CTF is +-1)
         out = xp.where(out >= 0, 1.0, -1.0)
-    out = out * xp.exp(-0.25 * bfac * s2)
+    else:
+        out = out * xp.exp(-0.25 * bfac * s2)
     return out.astype(dtype)
 
 

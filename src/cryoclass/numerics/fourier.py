@@ -135,7 +135,7 @@ def working_box(box_px: int, pixel_size_A: float, max_res_A: float) -> tuple[int
     full = box_px - (box_px % 2)
     m = int(math.ceil(2.0 * pixel_size_A * box_px / max_res_A))
     m += m % 2
-    m = max(8, min(m, full))
+    m = min(max(8, m), full)
     return m, pixel_size_A * box_px / m
 
 

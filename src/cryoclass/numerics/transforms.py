@@ -202,7 +202,7 @@ def shift_images(images, shifts_px):
     from cryoclass.numerics.fourier import freq_indices
 
     ky, kx = freq_indices(n, xp)
-    t = xp.asarray(np.asarray(shifts_px, dtype=np.float64).reshape(-1, 2))
+    t = xp.asarray(shifts_px, dtype=xp.float64).reshape(-1, 2)
     ph = xp.exp(-2j * np.pi * (t[:, 0, None, None] * kx + t[:, 1, None, None] * ky) / n)
     out = to_real(to_fourier(images) * ph, n)
     return out.astype(images.dtype)
