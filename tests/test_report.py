@@ -304,10 +304,33 @@ def test_report_for_an_interrupted_run(tmp_path):
     text = build_report(run).read_text()
     rows = _class_rows(text)
     assert len(rows) == k
+    shown = [re.findall(r'<td data-v="([^"]+)">', r)[1] for r in rows]
+    assert [int(float(v)) for v in shown] == [50, 7, 3, 0]  # largest first
     assert "interrupted" in text and "last completed iteration 2" in text
     assert 'src="figures/classes_iter_002.png"' in text
     assert "iter 2 ..." in text
     assert not re.search(r"https?://", text)
+
+
+def test_report_from_figures_alone(tmp_path):
+    (tmp_path / "figures").mkdir()
+    for kind in ("classes", "ess", "pmax", "noise"):
+        Image.new("RGB", (4, 4)).save(tmp_path / "figures" / f"{kind}_iter_007.png")
+    text = build_report(tmp_path).read_text()
+    assert "figures only" in text and 'src="figures/noise_iter_007.png"' in text
+
+
+def test_metrics_for_geometry_uses_the_particle_radius():
+    from cryoclass.report.metrics import metrics_for_geometry
+
+    m = 40
+    g = geom_like(m, pixel_A=3.0)  # particle radius 14 px
+    ring = disk(m, 16) - disk(m, 13)  # density between 13 and 16 px
+    met = metrics_for_geometry(ring[None], g, counts=[12])
+    ref = class_metrics(ring[None], 3.0, 14.0, counts=[12])
+    for key, val in ref.items():
+        np.testing.assert_array_equal(met[key], val)
+    assert 0.2 < met["outside_power_frac"][0] < 0.9
 
 
 def test_report_without_anything_is_a_clear_error(tmp_path):
@@ -327,3 +350,31 @@ def test_importing_cryoclass_does_not_import_matplotlib():
                          check=True,
                          env={"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
     assert out.stdout.split()[0] == "False"
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no headless chromium (make installs it)")
+def test_report_opens_in_headless_chromium_and_sorts(tmp_path):
+    import subprocess
+
+    run = tmp_path / "run"
+    fake = write_fake_run(run)
+    text = build_report(run).read_text()
+    probe = text.replace("</body>", (
+        "<script>var th=document.querySelectorAll('#class-table th')[2];sortTable(th);"
+        "var r=[].map.call(document.querySelector('#class-table tbody').rows,"
+        "function(x){return x.cells[2].getAttribute('data-v')});"
+        "document.body.setAttribute('data-sorted',r.join(','));</script></body>"))
+    page = run / "probe.html"
+    page.write_text(probe)
+    out = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+                          "--enable-logging=stderr", "--v=0", "--dump-dom",
+                          page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert "Uncaught" not in out.stderr, out.stderr
+    sorted_counts = re.search(r'data-sorted="([^"]*)"', out.stdout).group(1)
+    assert [int(float(v)) for v in sorted_counts.split(",")] == sorted(fake["counts"])

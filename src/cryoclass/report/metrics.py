@@ -174,3 +174,24 @@ def particle_radius_px(geom_like) -> float:
     if r_in is not None and ps and pw and m:
         return float(min(r_in * ps / pw, 0.45 * m))
     return 0.35 * m
+
+
+def metrics_for_geometry(classes: np.ndarray, geom_like, frc: np.ndarray | None = None,
+                         **per_class) -> dict[str, np.ndarray]:
+    """Return :func:`class_metrics` with pixel size and radius taken from a run Geometry.
+
+    For the writer of ``run.h5``: store each entry as ``/classes/metrics/<name>`` (the
+    report reads them from there and recomputes them when absent).
+
+    Parameters
+    ----------
+    classes : (K, m, m) array
+    geom_like : Geometry
+        Uses ``work_pixel_A``, ``shell_res_A`` and the particle radius.
+    frc : (K, n_shells) array, optional
+    **per_class
+        ``counts``, ``median_ess``, ``mean_posterior`` passed through.
+    """
+    return class_metrics(classes, float(geom_like.work_pixel_A), particle_radius_px(geom_like),
+                         frc=frc, shell_res_A=getattr(geom_like, "shell_res_A", None),
+                         **per_class)
