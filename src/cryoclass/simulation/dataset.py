@@ -125,10 +125,10 @@ def simulate_images(
         changes["n_particles"] = int(n)
     params = dataclasses.replace(params, **changes)
     sim = Simulator(params)
-    images, clean = sim.generate(0, params.n_particles, noise=noise)
+    images, clean, signal_var = sim.generate(0, params.n_particles, noise=noise)
     truth = truth_arrays(sim)
     truth["signal_scale"] = sim.scale
-    truth["signal_variance"] = np.var(clean.astype(np.float64), axis=(1, 2))
+    truth["signal_variance"] = signal_var
     truth["params"] = params
     return images, clean, truth
 
@@ -239,8 +239,7 @@ def simulate_dataset(outdir, params: SimulationParams) -> Path:
             pending: list[np.ndarray] = []
             for start in range(0, n_rows, params.chunk):
                 stop = min(start + params.chunk, n_rows)
-                images, clean = sim.generate(start, stop)
-                sig_var[start:stop] = np.var(clean.astype(np.float64), axis=(1, 2))
+                images, _, sig_var[start:stop] = sim.generate(start, stop, keep_clean=False)
                 pos = start
                 while pos < stop:
                     m = int(mic[pos])
@@ -251,6 +250,8 @@ def simulate_dataset(outdir, params: SimulationParams) -> Path:
                                     params.pixel_size_A)
                         pending = []
                     pos = end
+                # keep only a copy of the unfinished micrograph, not the whole chunk
+                pending = [np.concatenate(pending)] if pending else []
                 rate = stop / (time.perf_counter() - t0)
                 logger.info("simulated %d / %d particles (%.0f particles/s)", stop, n_rows,
                             rate)

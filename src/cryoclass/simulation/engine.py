@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 #: Rows per noise block (each block has its own random stream).
 NOISE_BLOCK = 64
+#: Rows formed together inside :meth:`Simulator.generate` (bounds the temporaries).
+SUB_BATCH = 256
 #: Real particles rendered to calibrate the signal scale.
 N_CALIBRATION = 384
 #: Representative views stored for continuous orientations.
@@ -245,21 +247,53 @@ class Simulator:
         return out
 
     # -- rows -----------------------------------------------------------------------
-    def generate(self, start: int, stop: int, noise: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Images and noise-free images of rows [start, stop).
+    def generate(self, start: int, stop: int, noise: bool = True, keep_clean: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Images of rows [start, stop), their noise-free versions and signal variances.
+
+        Rows are made :data:`SUB_BATCH` at a time, so temporaries (CTF, Fourier
+        transforms) stay small whatever the range.
+
+        Parameters
+        ----------
+        start, stop : int
+            Row range.
+        noise : bool
+            Add the noise (else images equal the clean images).
+        keep_clean : bool
+            Return the clean images (``None`` otherwise, saving memory).
 
         Returns
         -------
-        images, clean : ndarray (stop - start, n, n) float32
+        images : ndarray (stop - start, n, n) float32
+        clean : ndarray (stop - start, n, n) float32 or None
+        signal_variance : ndarray (stop - start,) float64
+            Variance of each clean image over the box.
         """
+        m = stop - start
+        images = np.empty((m, self.n, self.n), dtype=np.float32)
+        clean = np.empty_like(images) if keep_clean else None
+        signal_var = np.empty(m, dtype=np.float64)
+        for s0 in range(start, stop, SUB_BATCH):
+            s1 = min(s0 + SUB_BATCH, stop)
+            c = self._clean(s0, s1)
+            signal_var[s0 - start: s1 - start] = np.var(c, axis=(1, 2), dtype=np.float64)
+            if clean is not None:
+                clean[s0 - start: s1 - start] = c
+            if noise:
+                c += self._noise(s0, s1)
+            images[s0 - start: s1 - start] = c
+        return images, clean, signal_var
+
+    def _clean(self, start: int, stop: int) -> np.ndarray:
+        """Noise-free images of rows [start, stop), (stop - start, n, n) float32."""
         pl = self.plan
         assert pl is not None
         rows = np.arange(start, stop)
         code = pl.junk_code[rows]
         src = pl.source_species[rows]
         signal = np.zeros((rows.size, self.n, self.n), dtype=np.float32)
-        has_proj = src >= 0
-        sel = np.nonzero(has_proj)[0]
+        sel = np.nonzero(src >= 0)[0]
         if sel.size:
             r = rows[sel]
             signal[sel] = self.render_species(src[sel], pl.rotation[r], pl.psi_deg[r],
@@ -271,6 +305,4 @@ class Simulator:
                                   pl.defocus_angle_deg[rows])
         for j in np.nonzero(code == _ICE)[0]:
             clean[j] += self._ice_gradient(int(rows[j]))
-        if not noise:
-            return clean.copy(), clean
-        return clean + self._noise(start, stop), clean
+        return clean

@@ -233,83 +233,67 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
 
 
+#: (flag, field, type, metavar, help) of every value option; "%(default)s" is filled in.
+_VALUE_FLAGS: tuple[tuple[str, str, object, str, str], ...] = (
+    ("--n", "n_particles", int, "N",
+     "number of particle images incl. junk and duplicates (default %(default)s)"),
+    ("--box", "box_px", int, "PX", "box size in px, >= 16 (default %(default)s)"),
+    ("--pixel-size", "pixel_size_A", float, "A", "pixel size in Å (default %(default)s)"),
+    ("--diameter", "particle_diameter_A", float, "A",
+     "particle diameter in Å (default: 0.55 x box x pixel size)"),
+    ("--species", "n_species", int, "K",
+     "number of species, the filament included (default %(default)s)"),
+    ("--species-fractions", "species_fractions", _floats, "F1,F2,...",
+     "relative abundance per species, e.g. 0.5,0.3,0.2 (default: equal)"),
+    ("--views-per-species", "views_per_species", int, "V",
+     "discrete out-of-plane views per species; 0 = uniformly random 3D orientations "
+     "(default %(default)s)"),
+    ("--snr", "snr", float, "SNR",
+     "signal variance / noise variance over the box, > 0 (default %(default)s)"),
+    ("--junk", "junk_fraction", float, "FRACTION",
+     "fraction of junk images, in [0, 1) (default %(default)s)"),
+    ("--duplicates", "duplicate_fraction", float, "FRACTION",
+     "fraction of real particles picked twice, in [0, 1) (default %(default)s)"),
+    ("--shift-sigma", "shift_sigma_px", float, "PX",
+     "sigma of the true shift per axis in px, clipped at 3 sigma (default %(default)s)"),
+    ("--defocus-range", "defocus_range_A", _floats, "MIN,MAX",
+     "range of defocus U in Å (default 10000,25000)"),
+    ("--astig-max", "astig_max_A", float, "A",
+     "maximum defocus U - V in Å (default %(default)s)"),
+    ("--voltage", "voltage_kv", float, "KV", "acceleration voltage in kV (default %(default)s)"),
+    ("--cs", "cs_mm", float, "MM", "spherical aberration in mm (default %(default)s)"),
+    ("--amplitude-contrast", "amplitude_contrast", float, "Q",
+     "amplitude contrast fraction (default %(default)s)"),
+    ("--noise-corner", "noise_corner_A", float, "A",
+     "resolution in Å where the coloured noise excess halves (default %(default)s)"),
+    ("--noise-floor", "noise_floor", float, "F",
+     "white noise floor relative to the low-frequency excess (default %(default)s)"),
+    ("--particles-per-micrograph", "particles_per_micrograph", int, "N",
+     "picks per micrograph (default %(default)s)"),
+    ("--micrograph-size", "micrograph_size_px", int, "PX",
+     "micrograph width/height in px (default %(default)s)"),
+    ("--seed", "seed", int, "SEED", "random seed (default %(default)s)"),
+    ("--chunk", "chunk", int, "N",
+     "particles generated in memory at a time; does not change the output "
+     "(default %(default)s)"),
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one flag per :class:`SimulationParams` field to ``parser``.
 
     The caller adds the output directory; :func:`params_from_args` turns the parsed
     namespace into validated parameters.
     """
-    d = SimulationParams.__dataclass_fields__
+    fields = SimulationParams.__dataclass_fields__
     g = parser.add_argument_group("simulation")
-
-    def default(name: str):
-        return d[name].default
-
-    g.add_argument("--n", dest="n_particles", type=int, default=default("n_particles"),
-                   help="number of particle images incl. junk and duplicates "
-                        "(default %(default)s)")
-    g.add_argument("--box", dest="box_px", type=int, default=default("box_px"),
-                   help="box size in px, >= 16 (default %(default)s)")
-    g.add_argument("--pixel-size", dest="pixel_size_A", type=float,
-                   default=default("pixel_size_A"), help="pixel size in Å (default %(default)s)")
-    g.add_argument("--diameter", dest="particle_diameter_A", type=float, default=None,
-                   help="particle diameter in Å (default: 0.55 x box x pixel size)")
-    g.add_argument("--species", dest="n_species", type=int, default=default("n_species"),
-                   help="number of species, the filament included (default %(default)s)")
-    g.add_argument("--species-fractions", dest="species_fractions", type=_floats, default=None,
-                   help="relative abundance per species, e.g. 0.5,0.3,0.2 (default: equal)")
+    for flag, name, typ, metavar, text in _VALUE_FLAGS:
+        g.add_argument(flag, dest=name, type=typ, metavar=metavar,
+                       default=fields[name].default, help=text)
     g.add_argument("--filament", dest="include_filament", action="store_true",
                    help="make the last species a helical filament (default off)")
-    g.add_argument("--views-per-species", dest="views_per_species", type=int,
-                   default=default("views_per_species"),
-                   help="discrete out-of-plane views per species; 0 = uniformly random 3D "
-                        "orientations (default %(default)s)")
-    g.add_argument("--snr", dest="snr", type=float, default=default("snr"),
-                   help="signal variance / noise variance over the box, > 0 "
-                        "(default %(default)s)")
-    g.add_argument("--junk", dest="junk_fraction", type=float, default=default("junk_fraction"),
-                   help="fraction of junk images, in [0, 1) (default %(default)s)")
-    g.add_argument("--duplicates", dest="duplicate_fraction", type=float,
-                   default=default("duplicate_fraction"),
-                   help="fraction of real particles picked twice, in [0, 1) "
-                        "(default %(default)s)")
-    g.add_argument("--shift-sigma", dest="shift_sigma_px", type=float,
-                   default=default("shift_sigma_px"),
-                   help="sigma of the true shift per axis in px, clipped at 3 sigma "
-                        "(default %(default)s)")
-    g.add_argument("--defocus-range", dest="defocus_range_A", type=_floats,
-                   default=default("defocus_range_A"),
-                   help="min,max defocus U in Å (default 10000,25000)")
-    g.add_argument("--astig-max", dest="astig_max_A", type=float, default=default("astig_max_A"),
-                   help="maximum |defocus U - V| in Å (default %(default)s)")
     g.add_argument("--no-ctf", dest="ctf", action="store_false",
                    help="no CTF: images without CTF, STAR gets Q=1, defocus 0, Cs 0")
-    g.add_argument("--voltage", dest="voltage_kv", type=float, default=default("voltage_kv"),
-                   help="acceleration voltage in kV (default %(default)s)")
-    g.add_argument("--cs", dest="cs_mm", type=float, default=default("cs_mm"),
-                   help="spherical aberration in mm (default %(default)s)")
-    g.add_argument("--amplitude-contrast", dest="amplitude_contrast", type=float,
-                   default=default("amplitude_contrast"),
-                   help="amplitude contrast fraction (default %(default)s)")
-    g.add_argument("--noise-corner", dest="noise_corner_A", type=float,
-                   default=default("noise_corner_A"),
-                   help="resolution in Å where the coloured noise excess halves "
-                        "(default %(default)s)")
-    g.add_argument("--noise-floor", dest="noise_floor", type=float,
-                   default=default("noise_floor"),
-                   help="white noise floor relative to the low-frequency excess "
-                        "(default %(default)s)")
-    g.add_argument("--particles-per-micrograph", dest="particles_per_micrograph", type=int,
-                   default=default("particles_per_micrograph"),
-                   help="picks per micrograph (default %(default)s)")
-    g.add_argument("--micrograph-size", dest="micrograph_size_px", type=int,
-                   default=default("micrograph_size_px"),
-                   help="micrograph width/height in px (default %(default)s)")
-    g.add_argument("--seed", dest="seed", type=int, default=default("seed"),
-                   help="random seed (default %(default)s)")
-    g.add_argument("--chunk", dest="chunk", type=int, default=default("chunk"),
-                   help="particles generated in memory at a time; does not change the "
-                        "output (default %(default)s)")
 
 
 def params_from_args(ns: argparse.Namespace) -> SimulationParams:

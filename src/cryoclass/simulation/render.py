@@ -51,10 +51,20 @@ def render_atoms(xy_px: np.ndarray, sigma_px: np.ndarray, weight: np.ndarray, n:
         s = sigma[sl][:, None, :]  # (b, 1, atoms)
         inv = np.float32(-0.5) / (s * s)
         norm = np.float32(1.0 / np.sqrt(2.0 * np.pi)) / s
-        gx = np.exp((grid - xy_px[sl, None, :, 0]) ** 2 * inv) * norm  # (b, n, atoms)
-        gy = np.exp((grid - xy_px[sl, None, :, 1]) ** 2 * inv) * (norm * w[sl][:, None, :])
+        gx = _gauss(grid, xy_px[sl, None, :, 0], inv, norm)  # (b, n, atoms)
+        gy = _gauss(grid, xy_px[sl, None, :, 1], inv, norm * w[sl][:, None, :])
         np.matmul(gy, gx.transpose(0, 2, 1), out=out[sl])
     return out
+
+
+def _gauss(grid, centre, inv, norm):
+    """``norm * exp(inv * (grid - centre)**2)`` with in-place passes, (b, n, atoms)."""
+    g = grid - centre
+    np.square(g, out=g)
+    g *= inv
+    np.exp(g, out=g)
+    g *= norm
+    return g
 
 
 def project(coords_A: np.ndarray, rotation: np.ndarray, shift_px: np.ndarray,
