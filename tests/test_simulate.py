@@ -347,4 +347,13 @@ def test_star_reads_back_with_load_particles(tmp_path):
 
     p = dataclasses.replace(SMALL, n_particles=50)
     table = load_particles(simulate_dataset(tmp_path, p))
+    images, _, truth = simulate_images(p)
     assert len(table) == 50
+    meta = table.meta
+    np.testing.assert_allclose(meta["defocus_u_A"], truth["defocus_u_A"], atol=1e-5)
+    np.testing.assert_allclose(meta["defocus_angle_rad"], np.deg2rad(truth["defocus_angle_deg"]),
+                               atol=1e-6)
+    np.testing.assert_allclose(meta["location_x_px"], truth["location_x_px"])
+    np.testing.assert_allclose(meta["pixel_size_A"], 4.0)
+    np.testing.assert_array_equal(meta["image_index"], truth["index_in_stack"])
+    np.testing.assert_array_equal(table.image_source().read(np.arange(50)), images)

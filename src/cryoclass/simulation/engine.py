@@ -70,7 +70,7 @@ def _image_key(params: SimulationParams) -> SimulationParams:
     selection and the signal-scale calibration.
     """
     return dataclasses.replace(params, n_particles=1, chunk=1, junk_fraction=0.0,
-                               duplicate_fraction=0.0, particles_per_micrograph=1)
+                               duplicate_fraction=0.0, particles_per_micrograph=1, snr=1.0)
 
 
 _VIEW_CACHE: dict[SimulationParams, list[np.ndarray]] = {}
@@ -89,11 +89,12 @@ def _cached_views(sim: Simulator, key: SimulationParams) -> list[np.ndarray]:
 
 
 @functools.lru_cache(maxsize=8)
-def _signal_scale(params: SimulationParams) -> float:
-    """Global signal scale ``c`` giving the requested SNR (noise pixel variance 1).
+def _mean_signal_variance(params: SimulationParams) -> float:
+    """Mean box variance ``m`` of unscaled, CTF-modulated real particles.
 
     Estimated from :data:`N_CALIBRATION` real particles drawn from their own stream,
-    so it depends on the parameters and the seed, not on N or the chunk size.
+    so it depends on the parameters and the seed, not on N or the chunk size; the
+    signal scale is ``c = sqrt(snr / m)``.
     """
     sim = Simulator(params, plan=False)
     rng = rng_for(params.seed, STREAM_CALIBRATION)
@@ -101,10 +102,9 @@ def _signal_scale(params: SimulationParams) -> float:
     signal = sim.render_species(poses.species, poses.rotation, poses.psi_deg, poses.shift_px)
     signal = sim.ctf_modulate(signal, poses.defocus_u_A, poses.defocus_v_A,
                               poses.defocus_angle_deg)
-    mean_var = float(np.mean(np.var(signal.astype(np.float64), axis=(1, 2))))
-    scale = float(np.sqrt(params.snr / mean_var))
-    logger.debug("signal scale %.4g (mean unscaled signal variance %.4g)", scale, mean_var)
-    return scale
+    mean_var = float(np.mean(np.var(signal, axis=(1, 2), dtype=np.float64)))
+    logger.debug("mean unscaled signal variance %.4g", mean_var)
+    return mean_var
 
 
 class Simulator:
@@ -142,7 +142,8 @@ class Simulator:
     def scale(self) -> float:
         """Global signal scale (noise pixel variance is 1)."""
         if self._scale is None:
-            self._scale = _signal_scale(_image_key(self.params))
+            m = _mean_signal_variance(_image_key(self.params))
+            self._scale = float(np.sqrt(self.params.snr / m))
         return self._scale
 
     def render_species(self, species, rotation, psi_deg, shift_px) -> np.ndarray:
