@@ -240,6 +240,19 @@ def test_uncertainty_factor_and_annealing_schedule():
     assert hi.state.history[0]["ess_quartiles"][1] > lo.state.history[0]["ess_quartiles"][1]
 
 
+def test_empty_classes_are_reseeded_during_online_em():
+    # more classes than species: without re-seeding, classes that lose their particles
+    # stay frozen and empty; with it, the spare classes split populated ones
+    extra = ["classify.n_classes=8", "classify.online_em_iters=10"]
+    on, truth, _ = run(extra)
+    off, _, _ = run(extra + ["classify.reseed_empty=false"])
+    assert sum(r["reseeded_classes"] for r in on.state.history) > 0
+    assert sum(r["reseeded_classes"] for r in off.state.history) == 0
+    assert (on.counts > 0).sum() > (off.counts > 0).sum()
+    for j, (sp, frac, n) in purity(on, truth).items():
+        assert frac >= 0.95
+
+
 def test_more_classes_than_particles_is_refused():
     table, _ = problem(n_per=2, snr=0.3)
     cfg = load_config(None, ["classify.n_classes=10"])

@@ -52,6 +52,7 @@ class ClassifyConfig:
     frc_regularization: bool = True
     regularization_T: float = 2.0
     sort_by_size: bool = True
+    reseed_empty: bool = True
     seed: int = 0
 
 

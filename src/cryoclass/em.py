@@ -360,6 +360,42 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
                            res["score"])
 
 
+def reseed_empty_classes(state: ModelState, counts: np.ndarray, cfg: Config, geom: Geometry,
+                         it: int) -> list[int]:
+    """Split the largest classes into classes that captured (almost) no particles.
+
+    A class whose best-class count in an online-EM batch is below 5% of
+    ``batch_size_per_class`` (at least 2) takes a copy of the largest live class's
+    statistics, scaled by 0.1 so its own next batch dominates, and its image becomes the
+    donor's plus a small masked low-pass random perturbation (seeded by the iteration and
+    class), so the next E-step splits the donor's particles between the two. Identical on
+    every rank. Returns the re-seeded classes.
+    """
+    c = cfg.classify
+    floor = max(2.0, 0.05 * c.batch_size_per_class)
+    dead = [int(k) for k in np.flatnonzero(counts < floor)]
+    if not dead or state.num is None:
+        return []
+    donors = [int(k) for k in np.argsort(-counts, kind="stable") if counts[k] >= floor]
+    if not donors:
+        return []
+    m = geom.work_box
+    out = []
+    for j, k in enumerate(dead):
+        d = donors[j % len(donors)]
+        rng = np.random.default_rng([c.seed, 0x5EED, it, k])
+        noise = to_real(to_fourier(rng.standard_normal((m, m))) * np.exp(
+            -0.5 * (np.hypot(*np.meshgrid(np.fft.fftfreq(m) * m, np.fft.rfftfreq(m) * m,
+                                          indexing="ij")) / max(2.0, m / 16)) ** 2), m)
+        noise *= 0.1 * state.classes[d].std() / max(noise.std(), 1e-30)
+        state.classes[k] = state.classes[d] + postprocess.apply_mask(
+            noise[None], geom.mask_inner_px, geom.mask_outer_px)[0]
+        state.num[:, k] = 0.1 * state.num[:, d]
+        state.den[:, k] = 0.1 * state.den[:, d]
+        out.append(k)
+    return out
+
+
 def hist_quartiles(hist: np.ndarray, lo: float, hi: float) -> list[float]:
     """25/50/75% points of a histogram over [lo, hi] (linear within bins)."""
     tot = hist.sum()
@@ -492,6 +528,10 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
         classes, frc_curve, com, alpha = m_step(state, num, den, geom, cfg, xp)
         t_m = time.perf_counter() - t_m
         state.classes, state.frc = classes, frc_curve
+        reseeded = []
+        if (kind == "online" and c.reseed_empty
+                and sub < int(0.75 * c.online_em_iters)):
+            reseeded = reseed_empty_classes(state, layout.view(buf, "class_w"), cfg, geom, it)
         last_class[out.local_rows] = out.cls
         last_psi[out.local_rows] = geom.psi_rad[out.psi_idx]
         n_used = int(layout.view(buf, "n")[0])
@@ -521,6 +561,7 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
             "sigma2_used": s2, "sigma2_est": est.copy(), "sigma2_init": state.sigma2_init,
             "frc_res_A": mstep.frc_resolution(frc_curve, geom.shell_res_A),
             "shell_res_A": geom.shell_res_A,
+            "reseeded_classes": len(reseeded),
         }
         state.sigma2_est = est
         state.iteration = it + 1
@@ -529,10 +570,11 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
             logger.info(
                 "iter %d/%d %s %d/%d: %d particles, %.2f s (%.0f particles/s); "
                 "ESS quartiles %.2f/%.2f/%.2f; best-class prob quartiles %.3f/%.3f/%.3f; "
-                "%d empty classes; class changed %.1f%%, mean psi change %.1f deg",
+                "%d empty classes (%d re-seeded); class changed %.1f%%, "
+                "mean psi change %.1f deg",
                 it + 1, len(plan), "online-EM" if kind == "online" else "full", sub + 1,
                 record["n_sub"], n_used, dt, record["particles_per_s"], *ess_q, *pmax_q,
-                record["empty_classes"], 100 * record["changed_class_frac"],
+                record["empty_classes"], len(reseeded), 100 * record["changed_class_frac"],
                 record["mean_psi_change_deg"])
         is_last = it == len(plan) - 1
         if on_iteration is not None:
