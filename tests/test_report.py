@@ -164,6 +164,30 @@ def test_iteration_diagnostics_saves_the_data_and_never_raises(tmp_path, caplog)
     assert not (tmp_path / "figures" / "classes_iter_006.png").exists()
 
 
+def test_background_writer_draws_a_snapshot_of_each_iteration(tmp_path):
+    from cryoclass.report.figures import DiagnosticsWriter
+
+    rng = np.random.default_rng(7)
+    k, m = 4, 24
+    state = types.SimpleNamespace(classes=rng.normal(size=(k, m, m)))
+    first = state.classes.copy()
+    recs = [make_record(i, k, 13, rng) for i in (1, 2, 3)]
+    with DiagnosticsWriter(tmp_path) as diag:
+        diag(state, geom_like(m), recs[0])
+        state.classes[:] = 0.0  # the engine may reuse buffers: the writer copied them
+        recs[0]["ess_hist"][:] = 0.0
+        for rec in recs[1:]:
+            diag(state, geom_like(m), rec, is_last=rec is recs[-1])
+    assert sorted(diag.seconds) == [1, 2, 3]
+    for it in (1, 2, 3):
+        assert (tmp_path / "figures" / f"classes_iter_{it:03d}.png").is_file()
+    with np.load(tmp_path / "figures" / "iter_001.npz") as z:
+        assert z["ess_hist"].sum() == recs[0]["n_particles"]
+    with np.load(tmp_path / "figures" / "classes_latest.npz") as z:
+        assert int(z["iteration"]) == 3 and not z["images"].any()
+    assert first.any()
+
+
 # ------------------------------------------------------------------------- metrics
 def test_metrics_on_synthetic_images():
     m, pixel_A = 64, 1.5
@@ -310,6 +334,29 @@ def test_report_for_an_interrupted_run(tmp_path):
     assert 'src="figures/classes_iter_002.png"' in text
     assert "iter 2 ..." in text
     assert not re.search(r"https?://", text)
+
+
+def test_report_from_a_checkpoint(tmp_path):
+    from cryoclass.config import load_config
+    from cryoclass.io.checkpoint import save_checkpoint
+
+    rng = np.random.default_rng(8)
+    k, m, n_shells = 5, 32, 17
+    history = [make_record(i, k, n_shells, rng, counts=[10, 0, 30, 20, 5]) for i in (1, 2)]
+    state = types.SimpleNamespace(
+        iteration=2, classes=np.stack([disk(m, 4 + j) for j in range(k)]),
+        sigma2_init=np.ones(n_shells), sigma2_est=np.ones(n_shells), num=None, den=None,
+        frc=np.clip(1 - np.linspace(0, 2, n_shells), 0, 1)[None].repeat(k, 0),
+        history=history)
+    save_checkpoint(tmp_path / "checkpoint.h5", state, load_config(None), "in.star")
+    text = build_report(tmp_path).read_text()
+    rows = _class_rows(text)
+    shown = [int(float(re.findall(r'<td data-v="([^"]+)">', r)[1])) for r in rows]
+    assert shown == [30, 20, 10, 5, 0]
+    assert "checkpoint.h5" in text and "[classify]" in text
+    assert "last completed iteration 2" in text
+    hist = re.search(r'id="history-table">.*?<tbody>(.*?)</tbody>', text, re.S).group(1)
+    assert len(re.findall(r"<tr>", hist)) == 2
 
 
 def test_report_from_figures_alone(tmp_path):

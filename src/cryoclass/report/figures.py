@@ -554,6 +554,94 @@ def iteration_diagnostics(outdir: Path, state, geom_like, record: dict,
     return paths
 
 
+class DiagnosticsWriter:
+    """Per-iteration diagnostics drawn on a background thread of rank 0.
+
+    Calling the writer copies what it needs (class images, record, pixel size and
+    particle radius; microseconds) and queues :func:`iteration_diagnostics` on one
+    worker thread, so the figures of iteration *i* are drawn while iteration *i + 1*
+    computes (NumPy/CuPy release the GIL in the heavy kernels). At most ``max_pending``
+    iterations wait; beyond that the caller blocks, so memory stays bounded. The first
+    call's imports (matplotlib, fonts) are started at construction.
+
+    Usage (the CLI, rank 0)::
+
+        diag = DiagnosticsWriter(run_dir, plots=cfg.output.plots)
+        ... classify(..., on_iteration=lambda st, geom, rec, last: diag(st, geom, rec))
+        diag.close()   # waits for the last figures; also at interpreter exit
+
+    Attributes
+    ----------
+    seconds : dict[int, float]
+        Worker time spent per iteration.
+    """
+
+    def __init__(self, outdir: Path, plots: bool = True, max_pending: int = 2):
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.outdir = Path(outdir)
+        self.plots = plots
+        self.seconds: dict[int, float] = {}
+        self._slots = threading.BoundedSemaphore(max(1, max_pending))
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diagnostics")
+        self._futures: list = []
+        if plots:
+            self._futures.append(self._pool.submit(_warm_up))
+
+    def __call__(self, state, geom_like, record: dict, is_last: bool = False) -> None:
+        """Queue the diagnostics of one iteration (arguments are copied)."""
+        from types import SimpleNamespace
+
+        snap_state = SimpleNamespace(classes=np.array(state.classes, copy=True))
+        snap_geom = SimpleNamespace(
+            work_pixel_A=float(geom_like.work_pixel_A),
+            work_box=int(getattr(geom_like, "work_box", snap_state.classes.shape[-1])),
+            pixel_size_A=getattr(geom_like, "pixel_size_A", None),
+            particle_radius_px=getattr(geom_like, "particle_radius_px", None))
+        snap_rec = {key: (np.array(val, copy=True) if isinstance(val, np.ndarray | list)
+                          else val) for key, val in record.items()}
+        t0 = time.perf_counter()
+        self._slots.acquire()
+        waited = time.perf_counter() - t0
+        if waited > 0.05:
+            logger.info("iteration %s waited %.2f s for the diagnostics of earlier "
+                        "iterations", record.get("iteration"), waited)
+        fut = self._pool.submit(self._run, snap_state, snap_geom, snap_rec)
+        fut.add_done_callback(lambda _f: self._slots.release())
+        self._futures = [f for f in self._futures if not f.done()] + [fut]
+
+    def _run(self, state, geom_like, record) -> None:
+        t0 = time.perf_counter()
+        iteration_diagnostics(self.outdir, state, geom_like, record, plots=self.plots)
+        self.seconds[int(record["iteration"])] = time.perf_counter() - t0
+
+    def close(self) -> None:
+        """Wait for every queued iteration; then the writer is done."""
+        for fut in self._futures:
+            fut.result()
+        self._pool.shutdown(wait=True)
+        if self.seconds:
+            tot = sum(self.seconds.values())
+            logger.info("diagnostics: %.2f s in all for %d iterations (%.3f s each, on a "
+                        "background thread)", tot, len(self.seconds), tot / len(self.seconds))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _warm_up() -> None:
+    """Import matplotlib and build the reused figures ahead of the first iteration."""
+    try:
+        _reused("noise", _NoiseFigure)
+        _font(12)
+    except Exception:  # noqa: BLE001 - only a speed-up
+        logger.debug("diagnostics warm-up failed", exc_info=True)
+
+
 # ---------------------------------------------------------------------- final figures
 def read_final(run_dir: Path) -> dict:
     """Classes and the last iteration's record from ``run_dir/run.h5``."""

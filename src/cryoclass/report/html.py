@@ -9,10 +9,10 @@ the per-class thumbnails are embedded as base64 PNG, the per-iteration figures a
 referenced relatively (``figures/..._iter_NNN.png``), and the small sorting/slider
 script and the style sheet are inline.
 
-Sources, in order: ``run.h5`` (a finished run); otherwise the data the per-iteration
-diagnostics leave in ``figures/`` (``iter_NNN.npz``, ``classes_latest.npz``), so an
-interrupted run gets a report of its last completed iteration; otherwise the PNG files
-alone. With none of these, :class:`~cryoclass.errors.InputError`.
+Sources, in order: ``run.h5`` (a finished run); otherwise ``checkpoint.h5`` and the data
+the per-iteration diagnostics leave in ``figures/`` (``iter_NNN.npz``,
+``classes_latest.npz``), so an interrupted run gets a report of its last completed
+iteration; otherwise the PNG files alone. With none of these, :class:`~cryoclass.errors.InputError`.
 """
 
 from __future__ import annotations
@@ -88,15 +88,20 @@ def particle_radius_from_config(config_toml: str, box_px: int, pixel_size_A: flo
     """Return the particle radius in working pixels, read from the config as the engine does.
 
     ``preprocess.particle_diameter_A``, else ``mask.inner_diameter_A``, else 0.8 of the
-    box (the engine's default); capped at 0.45 of the working box.
+    box (the engine's default; ``"auto"`` in the dumped config); capped at 0.45 of the
+    working box.
     """
     try:
         cfg = tomllib.loads(config_toml) if config_toml else {}
     except tomllib.TOMLDecodeError:
         cfg = {}
-    diam_A = cfg.get("preprocess", {}).get("particle_diameter_A")
+    def number(section: str, key: str) -> float | None:
+        val = cfg.get(section, {}).get(key)  # "auto" (None) or a number
+        return float(val) if isinstance(val, int | float) and val > 0 else None
+
+    diam_A = number("preprocess", "particle_diameter_A")
     if diam_A is None:
-        diam_A = cfg.get("mask", {}).get("inner_diameter_A")
+        diam_A = number("mask", "inner_diameter_A")
     if diam_A is None:
         diam_A = 0.8 * box_px * pixel_size_A
     return float(min(0.5 * float(diam_A) / work_pixel_A, 0.45 * work_box))
@@ -132,44 +137,94 @@ def _read_h5(run_dir: Path) -> RunData:
     return RunData(run_dir, "run.h5", True, images, stats, history, attrs, cfg_text, pixel_A)
 
 
-def _read_figures_data(run_dir: Path) -> RunData | None:
+def _figures_data(run_dir: Path) -> tuple[list[dict], dict | None]:
     """Read the records and latest classes saved by the per-iteration diagnostics."""
     fig_dir = run_dir / "figures"
-    files = sorted(fig_dir.glob("iter_*.npz")) if fig_dir.is_dir() else []
     history = []
-    for p in files:
+    for p in sorted(fig_dir.glob("iter_*.npz")) if fig_dir.is_dir() else []:
         try:
             with np.load(p) as z:
                 history.append({key: _decode(z[key]) if z[key].ndim == 0 else z[key]
                                 for key in z.files})
         except (OSError, ValueError):
             logger.warning("%s: unreadable, skipped", p)
-    history.sort(key=lambda r: int(r.get("iteration", 0)))
-    latest = fig_dir / "classes_latest.npz"
-    if not history and not latest.is_file():
+    latest = None
+    path = fig_dir / "classes_latest.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as z:
+                latest = {"images": np.asarray(z["images"], dtype=np.float64),
+                          "pixel_A": float(z["pixel_A"]), "iteration": int(z["iteration"]),
+                          "radius_px": float(z["mask_radius_px"])
+                          if "mask_radius_px" in z.files else None, "frc": None}
+        except (OSError, ValueError, KeyError):
+            logger.warning("%s: unreadable, skipped", path)
+    return history, latest
+
+
+def _checkpoint_data(run_dir: Path) -> dict | None:
+    """Read ``checkpoint.h5`` (history, classes, FRC, config) when there is one."""
+    path = run_dir / "checkpoint.h5"
+    if not path.is_file():
         return None
-    cfg_path = run_dir / "config.toml"
-    cfg_text = cfg_path.read_text() if cfg_path.is_file() else ""
-    data = RunData(run_dir, "figures data", False, history=history, config_toml=cfg_text)
-    if latest.is_file():
-        with np.load(latest) as z:
-            images = np.asarray(z["images"], dtype=np.float64)
-            data.pixel_A = float(z["pixel_A"])
-            radius = float(z["mask_radius_px"]) if "mask_radius_px" in z.files else \
-                0.35 * images.shape[-1]
-            it = int(z["iteration"])
-        rec = next((r for r in history if int(r.get("iteration", -1)) == it),
-                   history[-1] if history else {})
-        k = images.shape[0]
-        counts = np.asarray(rec.get("class_counts", np.full(k, np.nan)), dtype=np.float64)
-        order = np.argsort(-np.nan_to_num(counts, nan=-1.0), kind="stable")
-        stats = class_metrics(images, data.pixel_A, radius, counts=counts,
-                              median_ess=rec.get("class_median_ess", np.full(k, np.nan)),
-                              mean_posterior=np.full(k, np.nan))
-        stats["frc_res_A"] = np.asarray(rec.get("frc_res_A", np.full(k, np.nan)), float)
-        data.images = images[order]
-        data.stats = {key: np.asarray(v)[order] for key, v in stats.items()}
-        data.attrs = {"classes_from_iteration": it}
+    from cryoclass.io.checkpoint import load_checkpoint
+
+    try:
+        state, attrs = load_checkpoint(path)
+    except InputError as exc:
+        logger.warning("%s", exc)
+        return None
+    attrs = {key: _decode(val) for key, val in attrs.items()}
+    return {"history": state.history, "images": np.asarray(state.classes, np.float64),
+            "frc": state.frc, "iteration": int(state.iteration),
+            "config_toml": str(attrs.pop("config_toml", "")), "attrs": attrs}
+
+
+def _latest_classes(latest: dict, rec: dict, cfg_text: str) -> tuple[np.ndarray, dict, float]:
+    """Classes of an unfinished run, largest first, with their statistics."""
+    images = latest["images"]
+    k, m, _ = images.shape
+    pixel_A = latest.get("pixel_A")
+    if pixel_A is None:  # shell 1 spans the whole box: its resolution is the box size
+        pixel_A = float(np.asarray(rec["shell_res_A"])[1]) / m
+    radius = latest.get("radius_px")
+    if radius is None:
+        radius = particle_radius_from_config(cfg_text, m, pixel_A, m, pixel_A)
+    nan = np.full(k, np.nan)
+    counts = np.asarray(rec.get("class_counts", nan), dtype=np.float64)
+    stats = class_metrics(images, pixel_A, radius, latest.get("frc"), counts=counts,
+                          median_ess=rec.get("class_median_ess", nan), mean_posterior=nan)
+    stats["frc_res_A"] = np.asarray(rec.get("frc_res_A", nan), dtype=np.float64)
+    order = np.argsort(-np.nan_to_num(counts, nan=-1.0), kind="stable")
+    return images[order], {key: np.asarray(v)[order] for key, v in stats.items()}, pixel_A
+
+
+def _read_interrupted(run_dir: Path) -> RunData | None:
+    """Combine checkpoint.h5 and the figures data of a run without run.h5."""
+    fig_hist, fig_latest = _figures_data(run_dir)
+    ck = _checkpoint_data(run_dir)
+    if not fig_hist and fig_latest is None and ck is None:
+        return None
+    by_it = {int(r.get("iteration", 0)): r for r in fig_hist}
+    sources = ["figures data"] if fig_hist or fig_latest else []
+    cfg_text, attrs = "", {}
+    latest = fig_latest
+    if ck is not None:
+        sources.insert(0, "checkpoint.h5")
+        by_it.update({int(r.get("iteration", 0)): r for r in ck["history"]})
+        cfg_text, attrs = ck["config_toml"], dict(ck["attrs"])
+        if latest is None or ck["iteration"] >= latest["iteration"]:
+            latest = {key: ck[key] for key in ("images", "frc", "iteration")}
+    if not cfg_text and (run_dir / "config.toml").is_file():
+        cfg_text = (run_dir / "config.toml").read_text()
+    history = [by_it[i] for i in sorted(by_it)]
+    data = RunData(run_dir, " + ".join(sources), False, history=history, config_toml=cfg_text,
+                   attrs=attrs)
+    if latest is not None:
+        it = latest["iteration"]
+        rec = by_it.get(it, history[-1] if history else {})
+        data.images, data.stats, data.pixel_A = _latest_classes(latest, rec, cfg_text)
+        data.attrs["classes_from_iteration"] = it
     return data
 
 
@@ -187,7 +242,7 @@ def load_run(run_dir: Path) -> RunData:
     if (run_dir / "run.h5").is_file():
         data = _read_h5(run_dir)
     else:
-        data = _read_figures_data(run_dir)
+        data = _read_interrupted(run_dir)
         if data is None:
             pngs = list((run_dir / "figures").glob("*_iter_*.png")) \
                 if (run_dir / "figures").is_dir() else []
