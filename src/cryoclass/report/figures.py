@@ -256,7 +256,9 @@ class _HistogramFigure:
         ax = fig.add_axes((0.15, 0.19, 0.8, 0.68))
         self.fig, self.ax = fig, ax
         self.patch = ax.stairs(np.zeros(1), np.array([0.0, 1.0]), fill=True, alpha=0.85)
-        self.qlines = [ax.axvline(0.0, color="k", lw=0.8, ls=ls) for ls in (":", "--", ":")]
+        self.patch.set_zorder(3)  # bars over the quartile lines
+        self.qlines = [ax.axvline(0.0, color="0.45", lw=0.8, ls=ls, zorder=1)
+                       for ls in (":", "--", ":")]
         self.title = fig.text(0.5, 0.97, "", ha="center", va="top", fontsize=8)
         ax.set_ylabel("particles", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -269,7 +271,9 @@ class _HistogramFigure:
             line.set_visible(bool(ok))
             if ok:
                 line.set_xdata([val, val])
-        self.ax.set_xlim(edges[0], edges[-1])
+        span = float(edges[-1] - edges[0])
+        # a small margin keeps a spike in the first or last bin clear of the axis spine
+        self.ax.set_xlim(edges[0] - 0.015 * span, edges[-1] + 0.015 * span)
         self.ax.set_ylim(0, max(1.0, float(hist.max()) * 1.05) if hist.size else 1.0)
         self.ax.set_xlabel(xlabel, fontsize=8)
         self.title.set_text(title)
@@ -288,8 +292,11 @@ class _NoiseFigure:
         ax = fig.add_axes((0.15, 0.19, 0.8, 0.68))
         self.fig, self.ax = fig, ax
         self.lines = {}
-        for label, col in zip(NOISE_LABELS, ("#1f77b4", "#ff7f0e", "#2ca02c"), strict=True):
-            (self.lines[label],) = ax.plot([0.0], [1.0], color=col, lw=1.2, label=label)
+        # "used" drawn wide underneath: it often coincides with the estimate after annealing
+        for label, col, lw in zip(NOISE_LABELS, ("#1f77b4", "#ff7f0e", "#2ca02c"),
+                                  (3.0, 1.2, 1.2), strict=True):
+            (self.lines[label],) = ax.plot([0.0], [1.0], color=col, lw=lw, label=label,
+                                           alpha=0.6 if lw > 2 else 1.0)
         ax.xaxis.set_major_formatter(FuncFormatter(
             lambda f, _pos: f"{1.0 / f:.3g}" if f > 0 else "∞"))
         ax.set_xlabel("resolution (Å)", fontsize=8)
