@@ -82,7 +82,8 @@ def test_psi_grid():
     assert g[0] == 0.0
     g = psi_grid(7.0)  # 360 / 7 = 51.4 -> 52 angles, step <= 7 degrees
     assert g.size == 52 and np.rad2deg(g[1]) <= 7.0
-    assert psi_grid(400.0).size == 1
+    assert psi_grid(400.0).size == 2  # always even: every second angle is the coarse grid
+    assert psi_grid(7.3).size % 2 == 0 and np.rad2deg(psi_grid(7.3)[1]) <= 7.3
 
 
 def test_shift_grid():

@@ -110,6 +110,7 @@ class PreprocessConfig:
 class SearchConfig:
     """Pose search grid."""
 
+    mode: str = "coarse_to_fine"
     psi_step_deg: float | None = None
     shift_range_A: float | None = None
     shift_step_A: float | None = None
@@ -298,6 +299,8 @@ def validate(cfg: Config) -> None:
         need(v is None or v >= 0 if name == "shift_range_A" else v is None or v > 0,
              f"search.{name} must be positive")
     need(s.padding_factor in (1, 2, 3, 4), "search.padding_factor must be 1, 2, 3 or 4")
+    need(s.mode in ("coarse_to_fine", "exhaustive"),
+         f"search.mode must be coarse_to_fine or exhaustive, got {s.mode!r}")
     need(cfg.compute.backend in ("auto", "numpy", "cupy"),
          f"compute.backend must be auto, numpy or cupy, got {cfg.compute.backend!r}")
     need(cfg.compute.chunk_size >= 1, "compute.chunk_size must be >= 1")

@@ -45,6 +45,8 @@ CTF_FIELDS = ("defocus_u_A", "defocus_v_A", "defocus_angle_rad", "voltage_kv", "
               "amplitude_contrast", "phase_shift_rad", "bfactor_A2")
 HIST_BINS = 200
 CLASS_ESS_BINS = 64
+#: Coarse candidates per class refined on the fine grid (coarse-to-fine search).
+N_COARSE = 3
 
 
 # ----------------------------------------------------------------------------- data
@@ -226,8 +228,8 @@ class IterationOutput:
     cls: np.ndarray  # (P,) best class
     pmax: np.ndarray  # (P,)
     ess: np.ndarray  # (P,)
-    psi_idx: np.ndarray  # (P,)
-    shift_idx: np.ndarray  # (P,)
+    psi_idx: np.ndarray  # (P,) fine rotation index
+    shift_px: np.ndarray  # (P, 2) (x, y) work-box px
     score: np.ndarray  # (P,)
 
 
@@ -270,63 +272,136 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
     classes = xp.asarray(state.classes.astype(np.float32))
     refs = rotate_coefficients(classes, geom.ky, geom.kx, geom.psi_rad,
                                cfg.search.padding_factor)  # (K, n_psi, M)
-    refs = refs.reshape(k * n_psi, m_coef)
     align = xp.asarray(geom.align)
-    refs_a = xp.ascontiguousarray(refs[:, align])
+    refs3_a = xp.ascontiguousarray(refs[:, :, align])  # (K, n_psi, M_a)
+    refs = refs.reshape(k * n_psi, m_coef)
     shell = xp.asarray(geom.shell)
     inv_s2 = xp.asarray((1.0 / s2[geom.shell]).astype(np.float32))
-    inv_s2w_a = (xp.asarray(geom.herm.astype(np.float32)) * inv_s2)[align]
-    phases = shift_phases(geom.ky, geom.kx, geom.shifts_px, geom.work_box, xp)
-    phases_a = xp.ascontiguousarray(phases[:, align])
-    lp_shift = xp.asarray(geom.log_prior_shift.astype(np.float32))
+    inv_s2w = xp.asarray(geom.herm.astype(np.float32)) * inv_s2
+    inv_s2w_a = inv_s2w[align]
     lp_class = xp.zeros(k)
+    c2f = geom.search_mode == "coarse_to_fine"
+    if c2f:
+        coarse = xp.asarray(geom.coarse)
+        refs_c = xp.ascontiguousarray(
+            refs.reshape(k, n_psi, m_coef)[:, ::2][:, :, coarse]).reshape(-1, coarse.size)
+        ab_c = xp.asarray(np.rint(geom.shifts_coarse_px / geom.shift_step_px).astype(np.int64))
+        phases_c = shift_phases(geom.ky[geom.coarse], geom.kx[geom.coarse],
+                                geom.shifts_coarse_px, geom.work_box, xp)
+        lp_c = xp.asarray(geom.log_prior_shift_coarse.astype(np.float32))
+        inv_s2w_c = inv_s2w[coarse]
+        n_t = geom.shifts_coarse_px.shape[0]
+        n_r = k * n_psi // 2
+    else:
+        ab_f = xp.asarray(np.rint(geom.shifts_px / geom.shift_step_px).astype(np.int64))
+        phases = shift_phases(geom.ky, geom.kx, geom.shifts_px, geom.work_box, xp)
+        phases_a = xp.ascontiguousarray(phases[:, align])
+        lp_shift = xp.asarray(geom.log_prior_shift.astype(np.float32))
+        n_t = geom.shifts_px.shape[0]
+        n_r = k * n_psi
+    reach = int(np.ceil(np.abs(geom.shifts_px).max() / geom.shift_step_px)) + 2
+    tx, ty = estep.lattice_tables(geom.ky, geom.kx, geom.work_box, geom.shift_step_px, reach,
+                                  xp)
+    tx_a, ty_a = xp.ascontiguousarray(tx[:, align]), xp.ascontiguousarray(ty[:, align])
     num_bins = xp.zeros((2 * k * n_psi, m_coef), dtype=np.complex128)
     den_bins = xp.zeros((2 * k * n_psi, m_coef), dtype=np.float64)
     noise = xp.zeros(geom.n_shells, dtype=np.float64)
     buf = np.zeros(layout.total)
-    n_t = geom.shifts_px.shape[0]
-    budget = 24_000_000  # elements of the (P, n_shifts, K*n_psi) log-likelihood array
-    chunk = max(1, min(cfg.compute.chunk_size, budget // max(1, n_t * k * n_psi)))
+    budget = 24_000_000  # elements of the (P, n_shifts, n_refs) log-likelihood array
+    chunk = max(1, min(cfg.compute.chunk_size, budget // max(1, n_t * n_r)))
+    if c2f:  # the local refinement holds (P, K, 9, M_a) complex values
+        chunk = max(1, min(chunk, 6_000_000 // max(1, 9 * N_COARSE * k * geom.align.size)))
     outs = {name: [] for name in ("cls", "pmax", "ess", "psi", "shift", "score")}
     mstep_w = xp.zeros(k, dtype=np.float64)
     loglik_sum = 0.0
+    p_min = 1e-4
     for sl in chunks(rows_all.size, chunk):
         rows = rows_all[sl]
         drows = xp.asarray(rows)
         y = shard.coeffs[drows]
         ctf = chunk_ctf(shard, rows, geom, cfg, xp)
-        ll = estep.pose_loglik(y[:, align], ctf[:, align], inv_s2w_a, refs_a, phases_a)
-        post = estep.posteriors(ll, k, lp_shift, lp_class, c.force_max)
-        del ll
-        cp = post.class_post
+        ar = xp.arange(rows.size)
+        if c2f:
+            ll_c = estep.pose_loglik(y[:, coarse], ctf[:, coarse], inv_s2w_c, refs_c, phases_c)
+            t_top, psi_top = estep.top_coarse_poses(ll_c, k, lp_c, N_COARSE)  # (P, K, N)
+            del ll_c
+            nb = t_top.shape[2]
+            z = xp.conj(y[:, align]) * (ctf[:, align] * inv_s2w_a[None])
+            ctf2w = ctf[:, align] ** 2 * inv_s2w_a[None]
+            cls_of = xp.broadcast_to(xp.arange(k)[None, :, None], t_top.shape).reshape(
+                rows.size, k * nb)
+            ll, cand_t, cand_psi = estep.refine_local(
+                z, ctf2w, refs3_a, tx_a, ty_a, ab_c[t_top].reshape(rows.size, k * nb, 2),
+                2 * psi_top.reshape(rows.size, k * nb), geom.sigma_shift_px / geom.shift_step_px,
+                cls=cls_of)
+            n_loc = 27 * nb  # local fine poses per class
+            flat = ll.reshape(rows.size, k, n_loc)
+            cand_t = cand_t.reshape(rows.size, k, nb, 9, 2)
+            cand_psi = cand_psi.reshape(rows.size, k, nb, 3)
+            arg = flat.argmax(axis=2)
+            best_val = xp.take_along_axis(flat, arg[..., None], axis=2)[..., 0]
+            if c.force_max:
+                score_k = best_val
+            else:  # overlapping neighbourhoods count once each: a small, documented bias
+                score_k = estep.logsumexp(flat, axis=2)
+                wloc = xp.exp(flat - score_k[..., None])  # (P, K, n_loc) local pose weights
+            logits = score_k.astype(np.float64) + lp_class[None]
+            cp = xp.exp(logits - logits.max(axis=1, keepdims=True))
+            cp /= cp.sum(axis=1, keepdims=True)
+            kk = xp.arange(k)[None, :]
+            ar2 = ar[:, None]
+            t_best = cand_t[ar2, kk, arg // 27, arg % 9]  # (P, K, 2)
+            psi_best = cand_psi[ar2, kk, arg // 27, (arg % 27) // 9]  # (P, K)
+        else:
+            ll = estep.pose_loglik(y[:, align], ctf[:, align], inv_s2w_a, refs3_a.reshape(
+                k * n_psi, -1), phases_a)
+            post = estep.posteriors(ll, k, lp_shift, lp_class, c.force_max)
+            del ll
+            cp, score_k, best_val = post.class_post, post.class_score, post.best_loglik
+            t_best = ab_f[post.best_shift]
+            psi_best = post.best_psi
         best = cp.argmax(axis=1)
         weights = cp
         if hard:
             weights = xp.zeros_like(cp)
-            weights[xp.arange(rows.size), best] = 1.0
+            weights[ar, best] = 1.0
         mstep_w += weights.sum(axis=0)
         g = (ctf * y) * inv_s2  # noise-weighted; scale cancels in the Wiener filter
         ctf2 = (ctf * ctf) * inv_s2
         half = shard.half[drows]
-        if c.force_max:
-            estep.accumulate_force_max(num_bins, den_bins, g, ctf2, phases, post, half,
-                                       weights)
+        if c.force_max or (c2f and hard):
+            ii, kc = xp.nonzero(weights > p_min)
+            if ii.size:
+                bins = (half[ii] * k + kc) * n_psi + psi_best[ii, kc]
+                estep.accumulate_pairs(num_bins, den_bins, g, ctf2, ii, bins,
+                                       estep.lattice_phases(tx, ty, t_best[ii, kc]),
+                                       weights[ii, kc])
+        elif c2f:  # marginal over the local fine poses of each class
+            wfull = weights[:, :, None] * wloc  # (P, K, n_loc)
+            ii, kc, jj = xp.nonzero(wfull > p_min)
+            if ii.size:
+                cb = jj // 27
+                bins = (half[ii] * k + kc) * n_psi + cand_psi[ii, kc, cb, (jj % 27) // 9]
+                estep.accumulate_pairs(num_bins, den_bins, g, ctf2, ii, bins,
+                                       estep.lattice_phases(tx, ty, cand_t[ii, kc, cb, jj % 9]),
+                                       wfull[ii, kc, jj])
         else:
             estep.accumulate_marginal(num_bins, den_bins, g, ctf2, phases, post, half,
                                       weights)
-        ar = xp.arange(rows.size)
-        t_b = post.best_shift[ar, best]
-        psi_b = post.best_psi[ar, best]
-        noise += estep.residual_power(y, ctf, refs, phases, best, t_b, psi_b, shell,
-                                      geom.n_shells, n_psi)
+        t_b = t_best[ar, best]  # (P, 2) lattice steps
+        psi_b = psi_best[ar, best]
+        noise += estep.residual_power_at(y, ctf, refs[best * n_psi + psi_b],
+                                         estep.lattice_phases(tx, ty, t_b), shell,
+                                         geom.n_shells)
         ess = estep.effective_sample_size(cp)
         pmax = cp.max(axis=1)
-        score = post.best_loglik[ar, best]
-        loglik_sum += float(to_host(post.class_score[ar, best]).sum())
+        score = best_val[ar, best]
+        loglik_sum += float(to_host(score_k[ar, best]).sum())
         for name, arr in (("cls", best), ("pmax", pmax), ("ess", ess), ("psi", psi_b),
-                          ("shift", t_b), ("score", score)):
+                          ("shift", t_b * geom.shift_step_px), ("score", score)):
             outs[name].append(to_host(arr))
-    res = {name: (np.concatenate(v) if v else np.zeros(0)) for name, v in outs.items()}
+    res = {name: (np.concatenate(v) if v else np.zeros((0, 2) if name == "shift" else 0))
+           for name, v in outs.items()}
     # rotate the per-psi sums into the class frame (all ranks, before the reduction)
     num_c, den_c = mstep.bins_to_class_frame(num_bins, den_bins, geom.work_box,
                                              geom.index, geom.ky, geom.kx, geom.psi_rad,
@@ -356,7 +431,7 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
     layout.view(buf, "psi_change")[:] = np.degrees(dpsi[seen]).sum()
     layout.view(buf, "loglik")[:] = loglik_sum
     return IterationOutput(buf, rows_all, res["cls"].astype(np.int64), res["pmax"], res["ess"],
-                           res["psi"].astype(np.int64), res["shift"].astype(np.int64),
+                           res["psi"].astype(np.int64), res["shift"].astype(np.float64),
                            res["score"])
 
 
@@ -597,7 +672,7 @@ def finish(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, comm: C
     k = cfg.classify.n_classes
     # poses follow the final recentring (shift by R(psi) com) and verticalization (+alpha)
     psi = geom.psi_rad[final.psi_idx] + alpha[final.cls]
-    t = geom.shifts_px[final.shift_idx].copy()
+    t = final.shift_px.copy()
     cps, sps = np.cos(geom.psi_rad[final.psi_idx]), np.sin(geom.psi_rad[final.psi_idx])
     cx, cy = com[final.cls, 0], com[final.cls, 1]
     t[:, 0] += cps * cx - sps * cy

@@ -17,6 +17,9 @@ from cryoclass.numerics.transforms import psi_grid, shift_grid
 
 logger = logging.getLogger(__name__)
 
+#: Coarse search band radius as a fraction of the alignment radius.
+COARSE_RADIUS = 0.75
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -38,8 +41,14 @@ class Geometry:
     n_shells: int
     shell_res_A: np.ndarray  # (n_shells,) resolution of each shell (inf for 0)
     psi_rad: np.ndarray  # (n_psi,)
-    shifts_px: np.ndarray  # (n_shifts, 2) (x, y) in work-box pixels
+    shifts_px: np.ndarray  # (n_shifts, 2) (x, y) in work-box pixels (fine grid)
     log_prior_shift: np.ndarray  # (n_shifts,)
+    search_mode: str  # "coarse_to_fine" or "exhaustive"
+    coarse: np.ndarray  # (M_c,) positions in 0..M-1 of the coarse alignment band
+    shifts_coarse_px: np.ndarray  # (n_coarse_shifts, 2) lattice at twice the fine step
+    log_prior_shift_coarse: np.ndarray
+    shift_step_px: float  # fine shift step (work-box px)
+    sigma_shift_px: float  # width of the Gaussian shift prior
     particle_radius_px: float  # in input pixels, for background normalization
     mask_inner_px: float  # class mask radii in work-box pixels
     mask_outer_px: float
@@ -101,25 +110,37 @@ def make_geometry(box_px: int, pixel_size_A: float, cfg: Config) -> Geometry:
     psi_step = s.psi_step_deg
     if psi_step is None:
         psi_step = float(np.clip(np.degrees(align_res / diam_A), 1.0, 15.0))
-    shift_range_A = s.shift_range_A if s.shift_range_A is not None else 0.1 * box_A
+    shift_range_A = s.shift_range_A if s.shift_range_A is not None else 0.2 * box_A
     shift_step_A = s.shift_step_A if s.shift_step_A is not None else p_work
-    shifts = shift_grid(shift_range_A / p_work, shift_step_A / p_work)
+    step_px = shift_step_A / p_work
+    shifts = shift_grid(shift_range_A / p_work, step_px)
+    shifts_c = shift_grid(shift_range_A / p_work, 2 * step_px)
     sigma_px = max(shift_range_A / p_work, 1e-6)
-    lp = -0.5 * (shifts**2).sum(axis=1) / sigma_px**2
-    lp -= np.log(np.exp(lp - lp.max()).sum()) + lp.max()
+
+    def log_prior(t):
+        lp = -0.5 * (t**2).sum(axis=1) / sigma_px**2
+        return lp - (np.log(np.exp(lp - lp.max()).sum()) + lp.max())
+
+    coarse = np.flatnonzero(band & (rf <= COARSE_RADIUS * r_align + 1e-9))
+    if coarse.size < 16:  # too few coefficients at half resolution: use the whole band
+        coarse = align
     geom = Geometry(
         box_px=box_px, pixel_size_A=pixel_size_A, work_box=m, work_pixel_A=p_work,
         max_res_A=max_res, max_align_res_A=align_res, min_align_res_A=min_res,
         index=index, ky=kyf, kx=kxf, shell=shell, herm=herm, align=align,
         n_shells=n_shells, shell_res_A=shell_res, psi_rad=psi_grid(psi_step),
-        shifts_px=shifts, log_prior_shift=lp,
+        shifts_px=shifts, log_prior_shift=log_prior(shifts), search_mode=s.mode,
+        coarse=coarse, shifts_coarse_px=shifts_c, log_prior_shift_coarse=log_prior(shifts_c),
+        shift_step_px=step_px, sigma_shift_px=sigma_px,
         particle_radius_px=0.5 * diam_A / pixel_size_A,
         mask_inner_px=0.5 * inner_A / p_work, mask_outer_px=0.5 * outer_A / p_work,
     )
     logger.info("working box %d px at %.3f Å/px (input %d px at %.3f Å/px); "
                 "%d coefficients, %d in the alignment band; %d rotations (%.2f deg), "
-                "%d shifts (range %.1f Å, step %.2f Å)",
+                "%d shifts (range %.1f Å, step %.2f Å); search %s (coarse: %d coefficients, "
+                "%d rotations, %d shifts)",
                 m, p_work, box_px, pixel_size_A, geom.n_coeffs, align.size,
                 geom.psi_rad.size, 360.0 / geom.psi_rad.size, shifts.shape[0],
-                shift_range_A, shift_step_A)
+                shift_range_A, shift_step_A, s.mode, coarse.size, geom.psi_rad.size // 2,
+                shifts_c.shape[0])
     return geom

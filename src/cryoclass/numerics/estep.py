@@ -90,6 +90,26 @@ class Posteriors:
     class_score: object  # (P, K) class log-evidence (max or log-marginal over poses)
 
 
+def top_coarse_poses(loglik, n_classes: int, log_prior_shift, n_best: int):
+    """The ``n_best`` best coarse poses of each class: shift and psi indices (P, K, n_best).
+
+    Parameters
+    ----------
+    loglik : real (P, n_shifts, K * n_psi)
+    """
+    xp = array_namespace(loglik)
+    p, n_t, kr = loglik.shape
+    n_psi = kr // n_classes
+    lp = loglik.reshape(p, n_t, n_classes, n_psi) + log_prior_shift[None, :, None, None]
+    flat = xp.moveaxis(lp, 2, 1).reshape(p, n_classes, n_t * n_psi)
+    n_best = min(n_best, flat.shape[2])
+    if n_best == 1:
+        top = flat.argmax(axis=2)[..., None]
+    else:
+        top = xp.argpartition(-flat, n_best - 1, axis=2)[..., :n_best]
+    return top // n_psi, top % n_psi
+
+
 def posteriors(loglik, n_classes: int, log_prior_shift, log_prior_class, force_max: bool):
     """Class posteriors (always marginal over classes) and pose posteriors.
 
@@ -154,17 +174,95 @@ def accumulate_force_max(num, den, g, ctf2, phases_full, post: Posteriors, half,
     half : int (P,) half-set 0/1.
     """
     xp = array_namespace(g)
-    p, k = weights.shape
+    k = weights.shape[1]
     n_psi = num.shape[0] // (2 * k)
     ii, kk = xp.nonzero(weights > p_min)
     if ii.size == 0:
         return
-    w = weights[ii, kk]
-    t = post.best_shift[ii, kk]
     bins = (half[ii] * k + kk) * n_psi + post.best_psi[ii, kk]
-    vals = g[ii] * xp.conj(phases_full[t]) * w[:, None]
+    accumulate_pairs(num, den, g, ctf2, ii, bins, phases_full[post.best_shift[ii, kk]],
+                     weights[ii, kk])
+
+
+def accumulate_pairs(num, den, g, ctf2, rows, bins, phase_rows, w):
+    """Add weighted, un-shifted particles to bins: ``num[b] += w g_i conj(S)``, ``den[b] += w CTF_i^2``.
+
+    Parameters
+    ----------
+    rows : int (n,) particle of each pair; bins : int (n,) target bin
+    phase_rows : complex (n, M_f) the pair's shift phases S_t
+    w : real (n,) weights
+    """
+    vals = g[rows] * (phase_rows.conj() * w[:, None])
     _segment_add(num, bins, vals.astype(np.complex128))
-    _segment_add(den, bins, (ctf2[ii] * w[:, None]).astype(np.float64))
+    _segment_add(den, bins, (ctf2[rows] * w[:, None]).astype(np.float64))
+
+
+def lattice_tables(ky, kx, n: int, step_px: float, reach: int, xp=np, dtype=np.complex64):
+    """Per-axis phase tables for shifts on the lattice ``t = step * (a, b)``.
+
+    ``S_t(k) = Tx[a + reach, k] * Ty[b + reach, k]`` for integers ``|a|, |b| <= reach``.
+
+    Returns
+    -------
+    tx, ty : complex (2 * reach + 1, M)
+    """
+    j = np.arange(-reach, reach + 1, dtype=np.float64)[:, None] * step_px
+    tx = np.exp(-2j * np.pi * j * np.asarray(kx, dtype=np.float64)[None, :] / n)
+    ty = np.exp(-2j * np.pi * j * np.asarray(ky, dtype=np.float64)[None, :] / n)
+    return xp.asarray(tx.astype(dtype)), xp.asarray(ty.astype(dtype))
+
+
+def lattice_phases(tx, ty, ab):
+    """Phase rows for integer lattice shifts ``ab`` (..., 2) -> (..., M)."""
+    reach = (tx.shape[0] - 1) // 2
+    return tx[ab[..., 0] + reach] * ty[ab[..., 1] + reach]
+
+
+def refine_local(z, ctf2w, refs, tx, ty, ab_coarse, psi_coarse, sigma_t_steps: float,
+                 cls=None):
+    r"""Fine poses around each (particle, class)'s best coarse pose.
+
+    For every particle i and class k the 3 rotations ``psi_c + (-1, 0, 1)`` (fine grid
+    indices) and the 9 lattice shifts ``ab_c + (da, db)``, ``da, db in {-1, 0, 1}``, are
+    evaluated at full alignment resolution:
+    :math:`L = \mathrm{Re}\sum z S_t V - \tfrac12 \sum \mathrm{CTF}^2 w/\sigma^2 |V|^2
+    - |t|^2 / (2 \sigma_t^2)`.
+
+    Parameters
+    ----------
+    z : complex (P, M) ``conj(Y) CTF w / sigma^2`` on the alignment band
+    ctf2w : real (P, M) ``CTF^2 w / sigma^2``
+    refs : complex (K, n_psi, M) rotated classes on the band
+    tx, ty : lattice phase tables on the band (:func:`lattice_tables`)
+    ab_coarse : int (P, J, 2) coarse candidate shifts in lattice steps
+    psi_coarse : int (P, J) coarse candidate rotations as fine-grid indices
+    sigma_t_steps : float, shift prior width in lattice steps
+    cls : int (P, J), optional
+        Class of each candidate (default: candidate j is class j).
+
+    Returns
+    -------
+    loglik : real (P, J, 3, 9), ab : int (P, J, 9, 2), psi_idx : int (P, J, 3)
+    """
+    xp = array_namespace(z)
+    p, k = psi_coarse.shape
+    n_psi = refs.shape[1]
+    d = xp.asarray(np.array([[dx, dy] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]))
+    ab = ab_coarse[:, :, None, :] + d[None, None]  # (P, K, 9, 2)
+    psi_idx = (psi_coarse[:, :, None] + xp.asarray(np.array([-1, 0, 1]))[None, None]) % n_psi
+    if cls is None:
+        kk = xp.broadcast_to(xp.arange(k)[None, :, None], psi_idx.shape)
+    else:
+        kk = xp.broadcast_to(cls[:, :, None], psi_idx.shape)
+    v = refs[kk, psi_idx]  # (P, J, 3, M)
+    zs = z[:, None, None, :] * lattice_phases(tx, ty, ab)  # (P, K, 9, M)
+    cross = xp.matmul(v, xp.swapaxes(zs, -1, -2)).real  # (P, K, 3, 9)
+    power = v.real**2 + v.imag**2
+    norm = (power * ctf2w[:, None, None, :]).sum(axis=-1)  # (P, K, 3)
+    prior = -0.5 * (ab**2).sum(axis=-1).astype(np.float32) / sigma_t_steps**2  # (P, K, 9)
+    ll = cross - 0.5 * norm[..., None] + prior[:, :, None, :]
+    return ll, ab, psi_idx
 
 
 def _segment_add(target, bins, rows):
@@ -214,8 +312,13 @@ def residual_power(y_full, ctf_full, refs_full, phases_full, cls, t_idx, psi_idx
     -------
     float64 (n_shells,): ``sum_i |Y_i - CTF_i S_t R_psi A_k|^2`` per shell.
     """
+    return residual_power_at(y_full, ctf_full, refs_full[cls * n_psi + psi_idx],
+                             phases_full[t_idx], shell, n_shells)
+
+
+def residual_power_at(y_full, ctf_full, model_refs, phase_rows, shell, n_shells: int):
+    """Per-shell power of ``Y - CTF S V`` for given per-particle references and phases."""
     xp = array_namespace(y_full)
-    model = ctf_full * phases_full[t_idx] * refs_full[cls * n_psi + psi_idx]
-    r = y_full - model
+    r = y_full - ctf_full * phase_rows * model_refs
     pw = (r.real.astype(np.float64) ** 2 + r.imag.astype(np.float64) ** 2).sum(axis=0)
     return xp.bincount(shell, weights=pw, minlength=n_shells)[:n_shells]

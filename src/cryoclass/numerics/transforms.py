@@ -27,8 +27,12 @@ from cryoclass.numerics.fourier import to_fourier, to_real
 
 
 def psi_grid(step_deg: float) -> np.ndarray:
-    """In-plane angles (rad) covering 360 deg with a step no larger than ``step_deg``."""
-    n = max(1, int(np.ceil(360.0 / step_deg - 1e-9)))
+    """In-plane angles (rad) covering 360 deg with a step no larger than ``step_deg``.
+
+    The number of angles is even, so every second angle forms the coarse grid.
+    """
+    n = max(2, int(np.ceil(360.0 / step_deg - 1e-9)))
+    n += n % 2
     return np.arange(n) * (2.0 * np.pi / n)
 
 
