@@ -109,19 +109,23 @@ def test_mpi_run_writes_outputs(dataset, tmp_path):
     r = cli("classify", dataset, "--out", out, *FAST, n=2)
     assert r.returncode == 0, r.stderr[-3000:]
     for name in ("run.h5", "particles.star", "particles.cs", "class_averages.mrcs",
-                 "events.log", "config.toml"):
+                 "events.log", "config.toml", "report.html"):
         assert (out / name).is_file(), name
     with h5py.File(out / "run.h5") as f:
         n = f["particles/class"].shape[0]
         assert n == 240 and f.attrs["n_ranks"] == 2
         counts = f["classes/count"][()]
         assert np.all(np.diff(counts) <= 0) and counts.sum() == n
+        assert f["classes/metrics/outside_power_frac"].shape == (4,)
     with mrcfile.open(out / "class_averages.mrcs") as m:
         assert m.data.shape == (4, 48, 48)
         assert abs(float(m.voxel_size.x) - 4.0) < 1e-4
     stars = read_star(out / "particles.star")["particles"]
     assert {"rlnClassNumber", "rlnAnglePsi", "rlnOriginXAngst"} <= set(stars.columns)
     assert "ESS quartiles" in (out / "events.log").read_text()
+    r = cli("report", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "<table" in (out / "report.html").read_text()
 
 
 @pytest.mark.mpi

@@ -223,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backend", choices=["auto", "numpy", "cupy"], default=None)
     r.set_defaults(func=cmd_resume)
 
+    rp = sub.add_parser("report", help="(re)build RUN/report.html, also for an interrupted run")
+    rp.add_argument("run", help="run directory")
+    rp.set_defaults(func=cmd_report)
+
     cf = sub.add_parser("config", help="print the resolved configuration as TOML")
     _config_args(cf)
     cf.set_defaults(func=cmd_config)
@@ -334,6 +338,15 @@ def check_table(table, cfg) -> None:
                          "--keep-duplicates")
 
 
+def cmd_report(args, comm) -> int:
+    """Build the HTML report of a run directory (rank 0)."""
+    if comm.rank != 0:
+        return 0
+    from cryoclass.report import main_report
+
+    return main_report(args.run)
+
+
 def cmd_resume(args, comm) -> int:
     """Continue a run from its checkpoint with its own config and input."""
     from cryoclass.config import load_config
@@ -413,20 +426,36 @@ def run_classify(args, cfg, comm) -> int:
         else:
             logger.info("no checkpoint in %s: starting from the beginning", outdir)
 
+    diag = None
+    if comm.rank == 0:
+        from cryoclass.report import DiagnosticsWriter
+
+        diag = DiagnosticsWriter(outdir, plots=cfg.output.plots)
+
     def on_iteration(st, geom, record, is_last):
         if comm.rank == 0 and cfg.output.checkpoint and not is_last:
             save_checkpoint(ckpt, st, cfg, args.particles)
+        if diag is not None:
+            diag(st, geom, record, is_last)
 
     stop = _StopFlag()
     stop.install()
     t0 = time.perf_counter()
     try:
-        result = classify(table, cfg, comm, xp, state=state, on_iteration=on_iteration,
-                          should_stop=stop)
+        try:
+            result = classify(table, cfg, comm, xp, state=state, on_iteration=on_iteration,
+                              should_stop=stop)
+        finally:
+            if diag is not None:
+                diag.close()
         if comm.rank == 0:
             prov = provenance(sys.argv, comm.size, xp.__name__, args.particles)
             write_outputs(outdir, table, result, cfg, prov)
-            logger.info("done in %.1f s; outputs in %s", time.perf_counter() - t0, outdir)
+            from cryoclass.report import build_report
+
+            report = build_report(outdir)
+            logger.info("done in %.1f s; outputs in %s (open %s)", time.perf_counter() - t0,
+                        outdir, report)
     except StopRequested as exc:
         if comm.rank == 0:
             logger.warning("stopped by signal %s after iteration %d; checkpoint saved. "
@@ -443,8 +472,30 @@ def run_classify(args, cfg, comm) -> int:
 
 
 # ------------------------------------------------------------------------------ main
+def limit_blas_threads() -> None:
+    """Give each MPI rank its share of the node's cores for BLAS/OpenMP threads.
+
+    Several ranks on one node each starting one BLAS thread per core oversubscribe the
+    node badly. The local rank count comes from the launcher's environment (MPICH/Hydra,
+    Open MPI, Slurm); explicit user settings are kept. Must run before NumPy is imported.
+    """
+    local = None
+    for var in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE",
+                "PMI_LOCAL_SIZE"):
+        val = os.environ.get(var, "")
+        if val.split("(")[0].isdigit():
+            local = int(val.split("(")[0])
+            break
+    if not local or local <= 1:
+        return
+    threads = str(max(1, (os.cpu_count() or 1) // local))
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cryoclass`` command."""
+    limit_blas_threads()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -130,6 +130,14 @@ def write_run_h5(path: Path, result: RunResult, cfg: Config, provenance: dict,
             gc["frc"] = result.state.frc
         gc["shell_res_A"] = g.shell_res_A
         gc["order"] = result.class_order  # class j (0-based) was class order[j] during the run
+        from cryoclass.report.metrics import metrics_for_geometry
+
+        metrics = metrics_for_geometry(result.state.classes, g, result.state.frc,
+                                       counts=result.counts, median_ess=result.median_ess,
+                                       mean_posterior=result.mean_posterior)
+        gm = gc.create_group("metrics")
+        for name, val in metrics.items():
+            gm[name] = np.asarray(val, dtype=np.float64)
         write_history(f.create_group("iterations"), result.state.history)
 
 
