@@ -223,6 +223,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backend", choices=["auto", "numpy", "cupy"], default=None)
     r.set_defaults(func=cmd_resume)
 
+    b = sub.add_parser("bench", help="measure throughput per phase against the GEMM peak",
+                       description="Synthetic particles in memory; one warm-up and one "
+                                   "measured iteration over all of them.")
+    b.add_argument("--n", type=int, default=2000, help="particles (default 2000)")
+    b.add_argument("--box", type=int, default=64, help="box size in px (default 64)")
+    b.add_argument("--pixel-size", type=float, default=3.0, help="Å/px (default 3.0)")
+    b.add_argument("--classes", "-K", type=int, default=50, help="classes (default 50)")
+    b.add_argument("--max-res", type=float, default=None, metavar="A",
+                   help="maximum resolution in Å (default 6)")
+    b.add_argument("--psi-step", type=float, default=None, metavar="DEG")
+    b.add_argument("--mode", choices=["coarse_to_fine", "exhaustive"], default=None)
+    b.add_argument("--no-force-max", action="store_true")
+    b.add_argument("--backend", choices=["auto", "numpy", "cupy"], default="auto")
+    b.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[])
+    b.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    b.set_defaults(func=cmd_bench)
+
     rp = sub.add_parser("report", help="(re)build RUN/report.html, also for an interrupted run")
     rp.add_argument("run", help="run directory")
     rp.set_defaults(func=cmd_report)
@@ -336,6 +353,32 @@ def check_table(table, cfg) -> None:
         raise InputError(f"{table.source_path}: duplicate removal needs rlnMicrographName "
                          "and rlnCoordinateX/Y (or location/* in .cs): run with "
                          "--keep-duplicates")
+
+
+def cmd_bench(args, comm) -> int:
+    """Run the benchmark and print the table (rank 0)."""
+    from cryoclass.backend import get_namespace, select_device
+    from cryoclass.bench import format_table, run_bench, write_json
+
+    xp = get_namespace(args.backend)
+    if xp.__name__ == "cupy":
+        select_device(local_rank(comm))
+    ov = list(args.set)
+    if args.max_res is not None:
+        ov.append(f"classify.max_res_A={args.max_res}")
+    if args.psi_step is not None:
+        ov.append(f"search.psi_step_deg={args.psi_step}")
+    if args.mode is not None:
+        ov.append(f"search.mode={args.mode}")
+    if args.no_force_max:
+        ov.append("classify.force_max=false")
+    r = run_bench(comm, xp, n=args.n, box_px=args.box, pixel_size_A=args.pixel_size,
+                  n_classes=args.classes, overrides=ov)
+    if comm.rank == 0:
+        print(format_table(r))
+        if args.json:
+            write_json(Path(args.json), r)
+    return 0
 
 
 def cmd_report(args, comm) -> int:

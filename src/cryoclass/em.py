@@ -231,6 +231,24 @@ class IterationOutput:
     psi_idx: np.ndarray  # (P,) fine rotation index
     shift_px: np.ndarray  # (P, 2) (x, y) work-box px
     score: np.ndarray  # (P,)
+    phase_seconds: dict = field(default_factory=dict)  # this rank's time per E-step phase
+    estep_flops: float = 0.0  # this rank's floating-point operations in the pose search
+
+
+#: E-step phases timed on each rank (seconds, in each iteration record).
+PHASES = ("t_references", "t_coarse", "t_fine", "t_backproject", "t_class_frame")
+
+
+def _lap(xp: ModuleType, t0: float) -> float:
+    """Seconds since ``t0``, after the device has finished its queued work."""
+    if xp is not np:
+        xp.cuda.get_current_stream().synchronize()
+    return time.perf_counter() - t0
+
+
+def gemm_flops(n_particles: int, n_shifts: int, n_coeffs: int, n_refs: int) -> float:
+    """Floating-point operations of the cross and norm GEMMs of :func:`estep.pose_loglik`."""
+    return 2.0 * n_particles * (n_shifts * 2 * n_coeffs + n_coeffs) * n_refs
 
 
 class Layout:
@@ -240,7 +258,7 @@ class Layout:
         self.sizes = {"num": 2 * 2 * k * m, "den": 2 * k * m, "noise": n_shells,
                       "noise_n": n_shells, "class_w": k, "mstep_w": k, "n": 1, "ess_hist": HIST_BINS,
                       "pmax_hist": HIST_BINS, "class_ess_hist": k * CLASS_ESS_BINS, "changed_class": 1, "psi_change": 1,
-                      "revisited": 1, "loglik": 1}
+                      "revisited": 1, "loglik": 1, "flops": 1}
         self.off = {}
         o = 0
         for key, s in self.sizes.items():
@@ -269,6 +287,9 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
         rows_all = np.arange(shard.n_local)
     hard = kind == "full" and c.hard_classification
 
+    tm = {key: 0.0 for key in PHASES}
+    flops = 0.0
+    t_ph = time.perf_counter()
     classes = xp.asarray(state.classes.astype(np.float32))
     refs = rotate_coefficients(classes, geom.ky, geom.kx, geom.psi_rad,
                                cfg.search.padding_factor)  # (K, n_psi, M)
@@ -307,6 +328,7 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
     den_bins = xp.zeros((2 * k * n_psi, m_coef), dtype=np.float64)
     noise = xp.zeros(geom.n_shells, dtype=np.float64)
     buf = np.zeros(layout.total)
+    tm["t_references"] = _lap(xp, t_ph)
     budget = 24_000_000  # elements of the (P, n_shifts, n_refs) log-likelihood array
     chunk = max(1, min(cfg.compute.chunk_size, budget // max(1, n_t * n_r)))
     if c2f:  # the local refinement holds (P, K, 9, M_a) complex values
@@ -321,10 +343,14 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
         y = shard.coeffs[drows]
         ctf = chunk_ctf(shard, rows, geom, cfg, xp)
         ar = xp.arange(rows.size)
+        t_ph = time.perf_counter()
         if c2f:
             ll_c = estep.pose_loglik(y[:, coarse], ctf[:, coarse], inv_s2w_c, refs_c, phases_c)
             t_top, psi_top = estep.top_coarse_poses(ll_c, k, lp_c, N_COARSE)  # (P, K, N)
             del ll_c
+            flops += gemm_flops(rows.size, n_t, coarse.size, n_r)
+            tm["t_coarse"] += _lap(xp, t_ph)
+            t_ph = time.perf_counter()
             nb = t_top.shape[2]
             z = xp.conj(y[:, align]) * (ctf[:, align] * inv_s2w_a[None])
             ctf2w = ctf[:, align] ** 2 * inv_s2w_a[None]
@@ -352,6 +378,8 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
             ar2 = ar[:, None]
             t_best = cand_t[ar2, kk, arg // 27, arg % 9]  # (P, K, 2)
             psi_best = cand_psi[ar2, kk, arg // 27, (arg % 27) // 9]  # (P, K)
+            flops += rows.size * k * nb * (8.0 * 27 * geom.align.size + 12.0 * geom.align.size)
+            tm["t_fine"] += _lap(xp, t_ph)
         else:
             ll = estep.pose_loglik(y[:, align], ctf[:, align], inv_s2w_a, refs3_a.reshape(
                 k * n_psi, -1), phases_a)
@@ -360,6 +388,9 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
             cp, score_k, best_val = post.class_post, post.class_score, post.best_loglik
             t_best = ab_f[post.best_shift]
             psi_best = post.best_psi
+            flops += gemm_flops(rows.size, n_t, geom.align.size, n_r)
+            tm["t_fine"] += _lap(xp, t_ph)
+        t_ph = time.perf_counter()
         best = cp.argmax(axis=1)
         weights = cp
         if hard:
@@ -388,6 +419,7 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
         else:
             estep.accumulate_marginal(num_bins, den_bins, g, ctf2, phases, post, half,
                                       weights)
+        tm["t_backproject"] += _lap(xp, t_ph)
         t_b = t_best[ar, best]  # (P, 2) lattice steps
         psi_b = psi_best[ar, best]
         noise += estep.residual_power_at(y, ctf, refs[best * n_psi + psi_b],
@@ -403,9 +435,11 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
     res = {name: (np.concatenate(v) if v else np.zeros((0, 2) if name == "shift" else 0))
            for name, v in outs.items()}
     # rotate the per-psi sums into the class frame (all ranks, before the reduction)
+    t_ph = time.perf_counter()
     num_c, den_c = mstep.bins_to_class_frame(num_bins, den_bins, geom.work_box,
                                              geom.index, geom.ky, geom.kx, geom.psi_rad,
                                              cfg.search.padding_factor)
+    tm["t_class_frame"] = _lap(xp, t_ph)
     layout.view(buf, "num")[:] = to_host(num_c).reshape(-1).view(np.float64)
     layout.view(buf, "den")[:] = to_host(den_c).reshape(-1)
     layout.view(buf, "noise")[:] = to_host(noise)
@@ -430,9 +464,10 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
                    % (2 * np.pi)) - np.pi)
     layout.view(buf, "psi_change")[:] = np.degrees(dpsi[seen]).sum()
     layout.view(buf, "loglik")[:] = loglik_sum
+    layout.view(buf, "flops")[:] = flops
     return IterationOutput(buf, rows_all, res["cls"].astype(np.int64), res["pmax"], res["ess"],
                            res["psi"].astype(np.int64), res["shift"].astype(np.float64),
-                           res["score"])
+                           res["score"], tm, flops)
 
 
 def reseed_empty_classes(state: ModelState, counts: np.ndarray, cfg: Config, geom: Geometry,
@@ -586,7 +621,9 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
         out = run_iteration(state, shard, geom, cfg, kind, it, s2, xp, last_class,
                             last_psi, layout)
         t_e = time.perf_counter() - t_it
+        t_red = time.perf_counter()
         buf = comm.allreduce_sum(out.packed)
+        t_red = time.perf_counter() - t_red
         num = layout.view(buf, "num").view(np.complex128).reshape(2, k, -1).copy()
         den = layout.view(buf, "den").reshape(2, k, -1).copy()
         if kind == "online" and state.num is not None and sub > 0:
@@ -637,6 +674,9 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
             "frc_res_A": mstep.frc_resolution(frc_curve, geom.shell_res_A),
             "shell_res_A": geom.shell_res_A,
             "reseeded_classes": len(reseeded),
+            "estep_gflop": float(layout.view(buf, "flops")[0]) / 1e9,
+            "reduce_seconds": t_red,
+            **{key: float(val) for key, val in out.phase_seconds.items()},
         }
         state.sigma2_est = est
         state.iteration = it + 1

@@ -256,11 +256,18 @@ def refine_local(z, ctf2w, refs, tx, ty, ab_coarse, psi_coarse, sigma_t_steps: f
     else:
         kk = xp.broadcast_to(cls[:, :, None], psi_idx.shape)
     v = refs[kk, psi_idx]  # (P, J, 3, M)
-    zs = z[:, None, None, :] * lattice_phases(tx, ty, ab)  # (P, K, 9, M)
-    cross = xp.matmul(v, xp.swapaxes(zs, -1, -2)).real  # (P, K, 3, 9)
+    # S_{ab + d} = S_ab S_d: the 9 local shifts are one GEMM against shared phase rows
+    reach = (tx.shape[0] - 1) // 2
+    s_d = tx[d[:, 0] + reach] * ty[d[:, 1] + reach]  # (9, M)
+    u = z[:, None, :] * lattice_phases(tx, ty, ab_coarse)  # (P, J, M)
+    w = u[:, :, None, :] * v  # (P, J, 3, M)
+    m = z.shape[1]
+    wf = _real_view(w).reshape(-1, 2 * m)  # [Re w, Im w]
+    sf = _real_view(xp.conj(s_d))  # [Re S, -Im S]: Re(w S) = Re w Re S - Im w Im S
+    cross = (wf @ sf.T).reshape(p, k, 3, 9)
     power = v.real**2 + v.imag**2
-    norm = (power * ctf2w[:, None, None, :]).sum(axis=-1)  # (P, K, 3)
-    prior = -0.5 * (ab**2).sum(axis=-1).astype(np.float32) / sigma_t_steps**2  # (P, K, 9)
+    norm = (power * ctf2w[:, None, None, :]).sum(axis=-1)  # (P, J, 3)
+    prior = -0.5 * (ab**2).sum(axis=-1).astype(np.float32) / sigma_t_steps**2  # (P, J, 9)
     ll = cross - 0.5 * norm[..., None] + prior[:, :, None, :]
     return ll, ab, psi_idx
 
