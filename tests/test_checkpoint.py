@@ -2,13 +2,14 @@
 
 import numpy as np
 import pytest
-from engine_fixtures import make_problem
 
 from cryoclass.config import load_config
 from cryoclass.em import StopRequested, classify
 from cryoclass.errors import InputError
 from cryoclass.io.checkpoint import load_checkpoint, save_checkpoint
 from cryoclass.parallel.comm import Comm
+
+from engine_fixtures import make_problem
 
 OPTS = ["classify.n_classes=4", "classify.max_res_A=12", "classify.online_em_iters=5",
         "classify.batch_size_per_class=40", "classify.anneal_start_iter=1",

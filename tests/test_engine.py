@@ -7,10 +7,9 @@ import functools
 
 import numpy as np
 import pytest
-from engine_fixtures import make_problem
 
 from cryoclass.config import load_config
-from cryoclass.em import classify, sigma2_used, ModelState
+from cryoclass.em import ModelState, classify, sigma2_used
 from cryoclass.errors import InputError
 from cryoclass.geometry import make_geometry
 from cryoclass.numerics.fourier import radius_grid, to_fourier, to_real
@@ -18,12 +17,14 @@ from cryoclass.numerics.postprocess import centre_of_mass, filament_angle
 from cryoclass.numerics.transforms import rotate_images
 from cryoclass.parallel.comm import Comm
 
+from engine_fixtures import make_problem
+
 BASE = ["classify.n_classes=4", "classify.max_res_A=12", "classify.online_em_iters=8",
         "classify.batch_size_per_class=60", "classify.anneal_start_iter=1",
         "classify.anneal_iters=4", "search.psi_step_deg=6", "mask.inner_diameter_A=160"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def problem(**kw):
     return make_problem(**kw)
 
@@ -187,7 +188,6 @@ def test_non_negativity_and_clamp_solvent():
     assert nn.state.classes.min() >= 0
     cs, _, _ = run(["constraints.clamp_solvent=true", "mask.inner_diameter_A=120"])
     assert cs.state.classes.min() >= 0
-    n = cs.geom.work_box
     corners = cs.state.classes[:, :3, :3]
     assert np.abs(corners).max() <= 1e-6 + 1e-3 * cs.state.classes.max()
 

@@ -1,11 +1,12 @@
 """Coarse-to-fine search against the exhaustive search on the same references."""
 
 import numpy as np
-from engine_fixtures import make_problem
 
 from cryoclass.config import load_config
-from cryoclass.em import ModelState, Layout, classify, load_shard, run_iteration, sigma2_used
+from cryoclass.em import Layout, ModelState, classify, load_shard, run_iteration, sigma2_used
 from cryoclass.parallel.comm import Comm
+
+from engine_fixtures import make_problem
 
 OPTS = ["classify.n_classes=3", "classify.max_res_A=12", "classify.online_em_iters=6",
         "classify.batch_size_per_class=60", "classify.anneal_start_iter=1",

@@ -26,7 +26,7 @@ logger = logging.getLogger("cryoclass")
 
 # ------------------------------------------------------------------------- MPI / logs
 def world():
-    """The world communicator wrapped in :class:`Comm` (a one-rank stand-in without MPI)."""
+    """Return the world communicator as a :class:`Comm` (a one-rank stand-in without MPI)."""
     from cryoclass.parallel.comm import Comm
 
     if os.environ.get("CRYOCLASS_NO_MPI"):
@@ -179,7 +179,7 @@ def resolve_config(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
+    """Build the argument parser of every subcommand."""
     p = argparse.ArgumentParser(
         prog="cryoclass",
         description="MPI-parallel cryo-EM 2D classification. Run under mpiexec/srun for "
@@ -239,6 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[])
     b.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     b.set_defaults(func=cmd_bench)
+
+    ev = sub.add_parser("evaluate", help="score a classified STAR against a simulator truth",
+                        description="Compare classes and psi of any classified STAR file "
+                                    "(cryoclass or RELION) with cryoclass simulate's truth.h5.")
+    ev.add_argument("truth", help="truth.h5 written by cryoclass simulate")
+    ev.add_argument("star", help="classified particles (particles.star, RELION _data.star)")
+    ev.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
+    ev.set_defaults(func=lambda a, comm: (__import__("cryoclass.evaluate").evaluate
+                                          .main_evaluate(a.truth, a.star, a.json)
+                                          if comm.rank == 0 else 0))
 
     rp = sub.add_parser("report", help="(re)build RUN/report.html, also for an interrupted run")
     rp.add_argument("run", help="run directory")
@@ -337,7 +347,7 @@ def _load_inputs(args, cfg, comm):
 
 
 def check_table(table, cfg) -> None:
-    """Checks that need both the particles and the config."""
+    """Check what needs both the particles and the config."""
     n = len(table)
     k = cfg.classify.n_classes
     if n == 0:

@@ -16,15 +16,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import sys
+import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, get_type_hints
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 from cryoclass.errors import ConfigError
 
@@ -280,7 +275,8 @@ def validate(cfg: Config) -> None:
     need(c.anneal_iters >= 0, "classify.anneal_iters must be >= 0")
     need(c.online_em_iters >= 0, "classify.online_em_iters must be >= 0")
     need(c.batch_size_per_class >= 1, "classify.batch_size_per_class must be >= 1")
-    need(c.final_full_iters >= 1, "classify.final_full_iters must be >= 1 (it produces the outputs)")
+    need(c.final_full_iters >= 1,
+         "classify.final_full_iters must be >= 1 (it produces the outputs)")
     need(c.regularization_T > 0, "classify.regularization_T must be > 0")
     need(c.seed >= 0, "classify.seed must be >= 0")
     r = cfg.recenter

@@ -52,7 +52,7 @@ N_COARSE = 3
 # ----------------------------------------------------------------------------- data
 @dataclass
 class Shard:
-    """This rank's particles, preprocessed: coefficients and CTF parameters."""
+    """Particles of one rank, preprocessed: coefficients and CTF parameters."""
 
     start: int
     stop: int
@@ -143,7 +143,7 @@ def chunk_ctf(shard: Shard, rows: np.ndarray, geom: Geometry, cfg: Config, xp: M
 
 # -------------------------------------------------------------------- schedule
 def schedule(cfg: Config) -> list[tuple[str, int]]:
-    """Iteration kinds in order: ("online", i) then ("full", j)."""
+    """Return the iteration kinds in order: ("online", i) then ("full", j)."""
     c = cfg.classify
     return ([("online", i) for i in range(c.online_em_iters)]
             + [("full", j) for j in range(c.final_full_iters)])
@@ -256,8 +256,9 @@ class Layout:
 
     def __init__(self, k: int, m: int, n_shells: int):
         self.sizes = {"num": 2 * 2 * k * m, "den": 2 * k * m, "noise": n_shells,
-                      "noise_n": n_shells, "class_w": k, "mstep_w": k, "n": 1, "ess_hist": HIST_BINS,
-                      "pmax_hist": HIST_BINS, "class_ess_hist": k * CLASS_ESS_BINS, "changed_class": 1, "psi_change": 1,
+                      "noise_n": n_shells, "class_w": k, "mstep_w": k, "n": 1,
+                      "ess_hist": HIST_BINS, "pmax_hist": HIST_BINS,
+                      "class_ess_hist": k * CLASS_ESS_BINS, "changed_class": 1, "psi_change": 1,
                       "revisited": 1, "loglik": 1, "flops": 1}
         self.off = {}
         o = 0
@@ -448,7 +449,8 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
     layout.view(buf, "class_w")[:] = np.bincount(res["cls"].astype(np.int64), minlength=k)
     layout.view(buf, "mstep_w")[:] = to_host(mstep_w)
     layout.view(buf, "n")[:] = rows_all.size
-    layout.view(buf, "ess_hist")[:] = np.histogram(res["ess"], HIST_BINS, (1.0, max(k, 1.0 + 1e-9)))[0]
+    layout.view(buf, "ess_hist")[:] = np.histogram(res["ess"], HIST_BINS,
+                                                   (1.0, max(k, 1.0 + 1e-9)))[0]
     layout.view(buf, "pmax_hist")[:] = np.histogram(res["pmax"], HIST_BINS, (0.0, 1.0))[0]
     ess_top = max(k, 1.0 + 1e-9)
     cbin = np.clip(((res["ess"] - 1.0) / (ess_top - 1.0) * CLASS_ESS_BINS).astype(np.int64),

@@ -205,7 +205,7 @@ def provenance(argv: list[str], n_ranks: int, backend: str, input_path: str) -> 
 
     return {
         "argv": " ".join(argv),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(),
         "n_ranks": n_ranks,
         "backend": backend,
         "input": os.path.abspath(input_path),

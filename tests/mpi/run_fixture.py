@@ -7,11 +7,11 @@ import numpy as np
 from mpi4py import MPI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from engine_fixtures import make_problem  # noqa: E402
-
 from cryoclass.config import load_config  # noqa: E402
 from cryoclass.em import classify  # noqa: E402
 from cryoclass.parallel.comm import Comm  # noqa: E402
+
+from engine_fixtures import make_problem  # noqa: E402
 
 table, truth = make_problem(n_per=60, snr=0.3)
 cfg = load_config(None, ["classify.n_classes=4", "classify.max_res_A=12",

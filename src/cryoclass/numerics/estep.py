@@ -1,5 +1,6 @@
-r"""E-step: pose and class log-likelihoods as matrix products, posteriors, and the
-particle-frame sufficient statistics for the M-step.
+r"""E-step: pose and class log-likelihoods as matrix products, and M-step statistics.
+
+Posteriors and the particle-frame sufficient statistics for the M-step are here too.
 
 For particle i (Fourier coefficients :math:`Y_i(k)` on the half plane inside the
 alignment band, Hermitian weights :math:`w_k` in {1, 2}, noise :math:`\sigma^2_k`),
@@ -91,7 +92,7 @@ class Posteriors:
 
 
 def top_coarse_poses(loglik, n_classes: int, log_prior_shift, n_best: int):
-    """The ``n_best`` best coarse poses of each class: shift and psi indices (P, K, n_best).
+    """Return the ``n_best`` best coarse poses of each class: shift and psi indices (P, K, n).
 
     Parameters
     ----------
@@ -185,7 +186,9 @@ def accumulate_force_max(num, den, g, ctf2, phases_full, post: Posteriors, half,
 
 
 def accumulate_pairs(num, den, g, ctf2, rows, bins, phase_rows, w):
-    """Add weighted, un-shifted particles to bins: ``num[b] += w g_i conj(S)``, ``den[b] += w CTF_i^2``.
+    """Add weighted, un-shifted particles to bins (in place).
+
+    ``num[b] += w g_i conj(S)`` and ``den[b] += w CTF_i^2`` for each pair.
 
     Parameters
     ----------

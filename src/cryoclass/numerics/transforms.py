@@ -37,7 +37,7 @@ def psi_grid(step_deg: float) -> np.ndarray:
 
 
 def shift_grid(range_px: float, step_px: float) -> np.ndarray:
-    """Translations ``(n_shifts, 2)`` as (x, y) px on a square grid inside a disk.
+    """Return translations ``(n_shifts, 2)`` as (x, y) px on a square grid inside a disk.
 
     The zero shift comes first.
     """
@@ -174,7 +174,6 @@ def rotate_coefficients(images, ky, kx, angles_rad, pad: int = 2):
 
 def rotate_half_plane(coeffs, n: int, ky, kx, angles_rad, pad: int = 2):
     """Like :func:`rotate_coefficients` for data given as half-plane coefficients."""
-    xp = array_namespace(coeffs)
     real_dtype = np.float32 if coeffs.dtype == np.complex64 else np.float64
     images = to_real(coeffs, n).astype(real_dtype)
     return rotate_coefficients(images, ky, kx, angles_rad, pad)

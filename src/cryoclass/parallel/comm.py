@@ -63,6 +63,6 @@ class Comm:
         raise SystemExit(code)
 
     def any_true(self, flag: bool) -> bool:
-        """True on every rank if ``flag`` is true on any rank."""
+        """Return True on every rank if ``flag`` is true on any rank."""
         buf = np.array([1.0 if flag else 0.0])
         return bool(self.allreduce_sum(buf)[0] > 0)

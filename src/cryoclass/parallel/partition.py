@@ -34,7 +34,7 @@ def chunks(n: int, chunk: int):
 
 
 def half_sets(n: int, seed: int) -> np.ndarray:
-    """Fixed random half-set (0/1, balanced) for each of ``n`` particles."""
+    """Return a fixed random half-set (0/1, balanced) for each of ``n`` particles."""
     rng = np.random.default_rng([seed, 0x4A1F])
     h = np.zeros(n, dtype=np.int64)
     h[rng.permutation(n)[: n // 2]] = 1
