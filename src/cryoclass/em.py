@@ -325,6 +325,8 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
     tx, ty = estep.lattice_tables(geom.ky, geom.kx, geom.work_box, geom.shift_step_px, reach,
                                   xp)
     tx_a, ty_a = xp.ascontiguousarray(tx[:, align]), xp.ascontiguousarray(ty[:, align])
+    d9 = np.array([[dx, dy] for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+    s_local = estep.lattice_phases(tx, ty, xp.asarray(d9))  # (9, M) local shift phases
     num_bins = xp.zeros((2 * k * n_psi, m_coef), dtype=np.complex128)
     den_bins = xp.zeros((2 * k * n_psi, m_coef), dtype=np.float64)
     noise = xp.zeros(geom.n_shells, dtype=np.float64)
@@ -409,14 +411,17 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
                                        estep.lattice_phases(tx, ty, t_best[ii, kc]),
                                        weights[ii, kc])
         elif c2f:  # marginal over the local fine poses of each class
-            wfull = weights[:, :, None] * wloc  # (P, K, n_loc)
-            ii, kc, jj = xp.nonzero(wfull > p_min)
+            # the 9 local shifts of one (class, candidate, psi) fold into one row:
+            # sum_e w_e conj(S_{ab+d_e}) = conj(S_ab) (W @ conj(S_d))
+            wl = (weights[:, :, None] * wloc).reshape(rows.size, k, nb, 3, 9)
+            wsum = wl.sum(axis=-1)  # (P, K, nb, 3)
+            ii, kc, cb, dd = xp.nonzero(wsum > p_min)
             if ii.size:
-                cb = jj // 27
-                bins = (half[ii] * k + kc) * n_psi + cand_psi[ii, kc, cb, (jj % 27) // 9]
-                estep.accumulate_pairs(num_bins, den_bins, g, ctf2, ii, bins,
-                                       estep.lattice_phases(tx, ty, cand_t[ii, kc, cb, jj % 9]),
-                                       wfull[ii, kc, jj])
+                bins = (half[ii] * k + kc) * n_psi + cand_psi[ii, kc, cb, dd]
+                phase_rows = (estep.lattice_phases(tx, ty, cand_t[ii, kc, cb, 4])
+                              * (wl[ii, kc, cb, dd] @ s_local))  # S_ab (W @ S_d)
+                estep.accumulate_pairs(num_bins, den_bins, g, ctf2, ii, bins, phase_rows,
+                                       xp.ones(ii.size, dtype=np.float32), wsum[ii, kc, cb, dd])
         else:
             estep.accumulate_marginal(num_bins, den_bins, g, ctf2, phases, post, half,
                                       weights)

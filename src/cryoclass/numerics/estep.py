@@ -185,7 +185,7 @@ def accumulate_force_max(num, den, g, ctf2, phases_full, post: Posteriors, half,
                      weights[ii, kk])
 
 
-def accumulate_pairs(num, den, g, ctf2, rows, bins, phase_rows, w):
+def accumulate_pairs(num, den, g, ctf2, rows, bins, phase_rows, w, den_w=None):
     """Add weighted, un-shifted particles to bins (in place).
 
     ``num[b] += w g_i conj(S)`` and ``den[b] += w CTF_i^2`` for each pair.
@@ -193,12 +193,15 @@ def accumulate_pairs(num, den, g, ctf2, rows, bins, phase_rows, w):
     Parameters
     ----------
     rows : int (n,) particle of each pair; bins : int (n,) target bin
-    phase_rows : complex (n, M_f) the pair's shift phases S_t
-    w : real (n,) weights
+    phase_rows : complex (n, M_f) the pair's shift phases S_t (or a weighted sum of them)
+    w : real (n,) weights of the numerator rows
+    den_w : real (n,), optional
+        Weights of the denominator rows (default ``w``).
     """
     vals = g[rows] * (phase_rows.conj() * w[:, None])
     _segment_add(num, bins, vals.astype(np.complex128))
-    _segment_add(den, bins, (ctf2[rows] * w[:, None]).astype(np.float64))
+    dw = w if den_w is None else den_w
+    _segment_add(den, bins, (ctf2[rows] * dw[:, None]).astype(np.float64))
 
 
 def lattice_tables(ky, kx, n: int, step_px: float, reach: int, xp=np, dtype=np.complex64):
