@@ -151,3 +151,68 @@ def test_duplicates_found(run):
     assert (flagged & involved).sum() / flagged.sum() >= 0.9  # precision
     one_of_pair = flagged[pairs] ^ flagged[dup_of[pairs]]  # exactly one of each pair removed
     assert one_of_pair.mean() >= 0.5, f"{one_of_pair.mean():.0%} of duplicate pairs resolved"
+
+
+def _aligned_class_correlations(images, cls, classes, n_classes=4):
+    out = []
+    for j in range(1, n_classes + 1):
+        sel = cls == j
+        if sel.sum() < 20:
+            continue
+        avg = images[sel].mean(0)
+        a, b = avg - avg.mean(), classes[j - 1] - classes[j - 1].mean()
+        out.append(float((a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b))))
+    return np.array(out)
+
+
+def test_star_psi_and_origin_follow_relion_conventions(run, tmp_path):
+    """Applying the written psi/origin the RELION way aligns particles to their class."""
+    import mrcfile
+
+    from cryoclass.io.particles import load_particles
+    from cryoclass.io.star import read_star
+    from cryoclass.numerics.transforms import shift_images
+
+    truth, res = run
+    run_dir = Path(res.filename).parent
+    star = run_dir / "particles.star"
+    part = read_star(star)["particles"]
+    # image names keep the input's relative paths (RELION: relative to the project dir)
+    table = load_particles(star, project_dir=str(Path(truth.filename).parent))
+    images = table.image_source().read(np.arange(len(table)))
+    ps = float(table.meta["pixel_size_A"].iloc[0])
+    origin = np.stack([part["rlnOriginXAngst"], part["rlnOriginYAngst"]], 1) / ps
+    psi = np.deg2rad(part["rlnAnglePsi"].to_numpy())
+    cls = part["rlnClassNumber"].to_numpy()
+    with mrcfile.open(run_dir / "class_averages.mrcs") as m:
+        classes = m.data.copy()
+    # RELION: particle centre = box centre - origin -> shift by +origin; then undo the
+    # projection's in-plane rotation (a rotation by -psi in our convention) with +psi
+    centred = shift_images(images, origin)
+    good = _aligned_class_correlations(rotate_images(centred, psi), cls, classes)
+    flipped = _aligned_class_correlations(rotate_images(centred, -psi), cls, classes)
+    assert good.mean() > 0.7 and (good - flipped).mean() > 0.1, (good, flipped)
+
+
+@pytest.mark.skipif(not __import__("shutil").which("relion_stack_create"),
+                    reason="RELION not installed (make relion-compare installs it)")
+def test_relion_applies_our_transformations(run, tmp_path):
+    """relion_stack_create --apply_transformation with our STAR aligns our particles."""
+    import mrcfile
+
+    from cryoclass.io.star import read_star
+
+    truth, res = run
+    run_dir = Path(res.filename).parent
+    star = run_dir / "particles.star"
+    data_dir = Path(truth.filename).parent
+    r = subprocess.run(["relion_stack_create", "--i", str(star), "--o", str(tmp_path / "al"),
+                        "--apply_transformation"], cwd=data_dir, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cls = read_star(star)["particles"]["rlnClassNumber"].to_numpy()
+    with mrcfile.open(tmp_path / "al.mrcs") as m:
+        aligned = m.data.copy()
+    with mrcfile.open(run_dir / "class_averages.mrcs") as m:
+        classes = m.data.copy()
+    assert _aligned_class_correlations(aligned, cls, classes).mean() > 0.7

@@ -31,6 +31,7 @@ from cryoclass.numerics.fourier import crop_fourier, to_fourier, to_real
 from cryoclass.numerics.masks import normalize_background, soft_circular_mask
 from cryoclass.numerics.transforms import rotate_coefficients, shift_phases
 from cryoclass.parallel.comm import Comm
+from cryoclass.progress import Bar
 from cryoclass.parallel.partition import (
     batch_members,
     block_range,
@@ -116,16 +117,18 @@ def preprocess(images, geom: Geometry):
 
 
 def load_shard(table, geom: Geometry, comm: Comm, seed: int, xp: ModuleType,
-               read_block: int = 512) -> Shard:
+               read_block: int = 512, show_progress: bool = False) -> Shard:
     """Read and preprocess this rank's contiguous block of particles."""
     n = len(table)
     start, stop = block_range(n, comm.size, comm.rank)
     source = table.image_source()
     coeffs = xp.empty((stop - start, geom.n_coeffs), dtype=np.complex64)
-    for sl in chunks(stop - start, read_block):
-        rows = np.arange(start + sl.start, start + sl.stop)
-        imgs = xp.asarray(source.read(rows))
-        coeffs[sl] = preprocess(imgs, geom)
+    with Bar(stop - start, "read + preprocess (rank 0)", show_progress) as bar:
+        for sl in chunks(stop - start, read_block):
+            rows = np.arange(start + sl.start, start + sl.stop)
+            imgs = xp.asarray(source.read(rows))
+            coeffs[sl] = preprocess(imgs, geom)
+            bar.update(rows.size)
     meta = table.meta.iloc[start:stop]
     params = np.stack([meta[f].to_numpy(dtype=np.float64) for f in CTF_FIELDS], axis=1)
     half = xp.asarray(half_sets(n, seed)[start:stop])
@@ -275,7 +278,7 @@ class Layout:
 
 def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, kind: str,
                   it: int, s2: np.ndarray, xp: ModuleType, last_class, last_psi,
-                  layout: Layout) -> IterationOutput:
+                  layout: Layout, show_progress: bool = False) -> IterationOutput:
     """E-step on this rank's members of iteration ``it``; returns the packed statistics."""
     c = cfg.classify
     k = c.n_classes
@@ -340,6 +343,7 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
     mstep_w = xp.zeros(k, dtype=np.float64)
     loglik_sum = 0.0
     p_min = 1e-4
+    bar = Bar(rows_all.size, f"iteration {it + 1} E-step (rank 0)", show_progress)
     for sl in chunks(rows_all.size, chunk):
         rows = rows_all[sl]
         drows = xp.asarray(rows)
@@ -438,6 +442,8 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
         for name, arr in (("cls", best), ("pmax", pmax), ("ess", ess), ("psi", psi_b),
                           ("shift", t_b * geom.shift_step_px), ("score", score)):
             outs[name].append(to_host(arr))
+        bar.update(rows.size)
+    bar.close()
     res = {name: (np.concatenate(v) if v else np.zeros((0, 2) if name == "shift" else 0))
            for name, v in outs.items()}
     # rotate the per-psi sums into the class frame (all ranks, before the reduction)
@@ -609,7 +615,8 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
         raise InputError(f"{k} classes requested but the particle set has only {n} "
                          "particles: use --classes <= the number of particles")
     geom = make_geometry(table.box_px, float(table.meta["pixel_size_A"].iloc[0]), cfg)
-    shard = load_shard(table, geom, comm, c.seed, xp)
+    show = comm.rank == 0 and cfg.output.progress
+    shard = load_shard(table, geom, comm, c.seed, xp, show_progress=show)
     t_pre = time.perf_counter() - t0
     if state is None:
         s2i = initial_noise(shard, geom, comm, c.seed, xp)
@@ -626,7 +633,7 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
         t_it = time.perf_counter()
         s2 = sigma2_used(state, it, kind, cfg, geom)
         out = run_iteration(state, shard, geom, cfg, kind, it, s2, xp, last_class,
-                            last_psi, layout)
+                            last_psi, layout, show_progress=show)
         t_e = time.perf_counter() - t_it
         t_red = time.perf_counter()
         buf = comm.allreduce_sum(out.packed)

@@ -156,6 +156,20 @@ def write_history(group, history: list[dict]) -> None:
 def write_outputs(outdir: Path, table, result: RunResult, cfg: Config,
                   provenance: dict) -> dict[str, Path]:
     """Write every output of a finished run (rank 0). Returns the paths written."""
+    from cryoclass.progress import Bar
+
+    n_files = 4 if duplicate_mask_possible(table, cfg) else 3  # steps with a bar.update
+    with Bar(n_files, "write outputs", cfg.output.progress, unit="files") as bar:
+        return _write_outputs(outdir, table, result, cfg, provenance, bar)
+
+
+def duplicate_mask_possible(table, cfg: Config) -> bool:
+    """Whether duplicate removal will run (so the rejected files are written)."""
+    return cfg.duplicates.remove is not False and bool(table.has_locations)
+
+
+def _write_outputs(outdir: Path, table, result: RunResult, cfg: Config, provenance: dict,
+                   bar) -> dict[str, Path]:
     from cryoclass.io.mrc import write_stack
     from cryoclass.io.particles import (
         write_particles_cs,
@@ -172,24 +186,29 @@ def write_outputs(outdir: Path, table, result: RunResult, cfg: Config,
     align = alignment_columns(result, ctf_off=not cfg.ctf.correct)
     paths["run.h5"] = outdir / "run.h5"
     write_run_h5(paths["run.h5"], result, cfg, provenance, dup)
+    bar.update(1)
     paths["class_averages.mrcs"] = outdir / "class_averages.mrcs"
     write_stack(paths["class_averages.mrcs"],
                 class_images_full_box(result.state.classes, result.geom.box_px),
                 result.geom.pixel_size_A)
+    bar.update(1)
     keep = np.arange(len(table)) if dup is None else np.flatnonzero(~dup)
     paths["particles.star"] = outdir / "particles.star"
     paths["particles.cs"] = outdir / "particles.cs"
     if dup is None:
         write_particles_star(paths["particles.star"], table, align)
         write_particles_cs(paths["particles.cs"], table, align)
+        bar.update(1)
     else:
         write_subset_star(paths["particles.star"], table, keep, align)
         write_subset_cs(paths["particles.cs"], table, keep, align)
+        bar.update(1)
         rej = np.flatnonzero(dup)
         paths["rejected_duplicates.star"] = outdir / "rejected_duplicates.star"
         paths["rejected_duplicates.cs"] = outdir / "rejected_duplicates.cs"
         write_subset_star(paths["rejected_duplicates.star"], table, rej, align)
         write_subset_cs(paths["rejected_duplicates.cs"], table, rej, align)
+        bar.update(1)
     paths["config.toml"] = outdir / "config.toml"
     with atomic_output(paths["config.toml"]) as fh:
         fh.write(to_toml(cfg))
