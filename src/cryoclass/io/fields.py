@@ -62,6 +62,12 @@ RLN_NR_OF_SIGNIFICANT_SAMPLES = "rlnNrOfSignificantSamples"
 RLN_LOG_LIKELI_CONTRIBUTION = "rlnLogLikeliContribution"
 RLN_NORM_CORRECTION = "rlnNormCorrection"
 
+# Class averages as references (relion_refine --ref reads several 2D references only from
+# a STAR file with this label; a bare .mrcs stack is read as ONE reference).
+RLN_REFERENCE_IMAGE = "rlnReferenceImage"  # "k@class_averages.mrcs", k 1-based
+RLN_CLASS_DISTRIBUTION = "rlnClassDistribution"  # fraction of the particles
+RLN_ESTIMATED_RESOLUTION = "rlnEstimatedResolution"  # A
+
 #: Labels that RELION 3.1+ keeps in data_optics rather than per particle.
 RLN_OPTICS_LABELS = (
     RLN_OPTICS_GROUP_NAME,
@@ -88,6 +94,7 @@ RLN_OPTICS_LABELS = (
 #: Block names RELION uses.
 STAR_BLOCK_OPTICS = "optics"
 STAR_BLOCK_PARTICLES = "particles"
+STAR_BLOCK_MODEL_CLASSES = "model_classes"  # the block relion_refine --ref looks for first
 #: ``# version`` line written at the top of every block (RELION 3.1 writes 30001).
 STAR_VERSION = 30001
 
@@ -99,6 +106,7 @@ CS_BLOB_IDX = "blob/idx"  # u4, 0-based
 CS_BLOB_SHAPE = "blob/shape"  # (2,) u4, [ny, nx]
 CS_BLOB_PSIZE_A = "blob/psize_A"  # f4
 CS_BLOB_SIGN = "blob/sign"  # f4
+CS_BLOB_RES_A = "blob/res_A"  # f4, class averages: resolution of each class (A)
 
 CS_CTF_TYPE = "ctf/type"
 CS_CTF_EXP_GROUP_ID = "ctf/exp_group_id"  # u4
@@ -133,6 +141,7 @@ CS_DTYPES: dict[str, tuple[str, tuple[int, ...]]] = {
     CS_BLOB_IDX: ("<u4", ()),
     CS_BLOB_SHAPE: ("<u4", (2,)),
     CS_BLOB_PSIZE_A: ("<f4", ()),
+    CS_BLOB_RES_A: ("<f4", ()),
     CS_CTF_ACCEL_KV: ("<f4", ()),
     CS_CTF_CS_MM: ("<f4", ()),
     CS_CTF_AMP_CONTRAST: ("<f4", ()),
