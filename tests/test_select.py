@@ -1,0 +1,224 @@
+"""cryoclass select: class-number parsing, decision rules, and --auto against the truth.
+
+The end-to-end part classifies a simulated set with 20% junk (noise, ice gradient,
+off-centre particles, aggregates) under mpiexec -n 2 once per module, then selects from
+that run. ``--auto`` must keep >= 95% of the real particles and drop >= 90% of the junk
+(issue 7), measured by image name against the simulator's truth.h5.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from cryoclass.errors import InputError
+from cryoclass.io.cs import read_cs
+from cryoclass.io.mrc import read_stack
+from cryoclass.io.star import read_star
+from cryoclass.select import (
+    Thresholds,
+    add_arguments,
+    decide,
+    load_run,
+    main_select,
+    parse_class_list,
+    robust_limit,
+    shift_outliers,
+    size_normalised_frc,
+    sustained_frc_resolution,
+)
+from cryoclass.simulate import SimulationParams, simulate_dataset
+
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+# ------------------------------------------------------------------------ pure functions
+def test_parse_class_list_ranges_and_spaces():
+    assert parse_class_list("1,4-9", 12).tolist() == [1, 4, 5, 6, 7, 8, 9]
+    assert parse_class_list(" 3 , 2,2-3 ", 5).tolist() == [2, 3]
+    assert parse_class_list("7", 7).tolist() == [7]
+
+
+@pytest.mark.parametrize("text", ["", "0", "13", "5-3", "a", "1,,2", "1-", "2.5", "1;2"])
+def test_parse_class_list_rejects_bad_input(text):
+    with pytest.raises(InputError, match="--drop"):
+        parse_class_list(text, 12, "--drop")
+
+
+def test_sustained_frc_resolution_ignores_single_dips():
+    res = np.array([np.inf, 100.0, 50.0, 25.0, 20.0, 10.0])
+    frc = np.array([
+        [1.0, 0.2, 0.9, 0.8, 0.4, 0.3],  # dip at shell 1, then crossing between 25 and 20 Å
+        [1.0, 0.9, 0.9, 0.9, 0.9, 0.9],  # never below: last shell
+        [1.0, 0.3, 0.2, 0.1, 0.0, 0.0],  # below from shell 1: no signal
+        [1.0, 0.9, 0.4, 0.9, 0.9, 0.4],  # one dip at 50 Å, then ends at the last shell
+    ])
+    r = sustained_frc_resolution(frc, res)
+    f = (0.8 - 0.5) / (0.8 - 0.4)
+    assert r[0] == pytest.approx(1 / ((1 / 25) * (1 - f) + (1 / 20) * f))
+    assert r[1] == 10.0
+    assert r[2] == np.inf
+    assert r[3] == pytest.approx(1 / ((1 / 20) * 0.2 + (1 / 10) * 0.8))  # last shell below
+
+
+def test_size_normalised_frc_scales_ssnr_with_count():
+    frc = np.array([[1.0, 0.5], [1.0, 0.5]])
+    out = size_normalised_frc(frc, np.array([100, 400]), n_ref=200.0)
+    # SSNR 1 -> 2 (half the reference size) and 0.5 (twice)
+    assert out[0, 1] == pytest.approx(2 / 3)
+    assert out[1, 1] == pytest.approx(1 / 3)
+    capped = size_normalised_frc(frc, np.array([1, 1]), n_ref=1000.0, max_scale=4.0)
+    assert capped[0, 1] == pytest.approx(0.8)  # scale capped at 4
+
+
+def test_robust_limit_for_normal_classes_is_median_plus_z_sigma():
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.0, 0.1, 20001)
+    ref, lim = robust_limit(x, z=3.0, min_ratio=1.0)
+    assert ref == pytest.approx(-0.0674, abs=0.005)
+    assert lim == pytest.approx(0.3, abs=0.01)
+    ref, lim = robust_limit(np.zeros(10), z=3.0, min_ratio=2.0)  # identical classes
+    assert lim == pytest.approx(np.log10(2.0))
+
+
+def test_shift_outliers_flags_far_shifts_only():
+    rng = np.random.default_rng(1)
+    n = 2000
+    cls = np.repeat([1, 2], n // 2)
+    sx, sy = rng.normal(0, 6.0, n), rng.normal(0, 6.0, n)
+    sx[cls == 2] += 10.0  # a class centred elsewhere: distances from its own median
+    far = np.array([0, 1, 2, n - 1])
+    sx[far] += 60.0
+    flags = shift_outliers(cls, sx, sy, np.ones(n, bool), false_alarm=1e-3)
+    assert flags[far].all()
+    assert flags.sum() - far.size <= 8  # ~0.1% of 2000 good ones
+    small = shift_outliers(cls, sx, sy, np.arange(n) < 5, min_members=10)
+    assert not small.any()
+
+
+# ---------------------------------------------------------------- end to end on a real run
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("select")
+    star = simulate_dataset(base / "data", SimulationParams(
+        n_particles=1500, box_px=64, pixel_size_A=3.0, n_species=3, views_per_species=2,
+        snr=0.1, junk_fraction=0.2, duplicate_fraction=0.0, seed=11))
+    out = base / "run"
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    r = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, "-m", "cryoclass", "classify",
+                        str(star), "--out", str(out), "--classes", "12", "--max-res", "9",
+                        "--online-iters", "12", "--batch-per-class", "60",
+                        "--mask-diameter", "130", "--set", "classify.anneal_iters=8",
+                        "--no-plots"], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return base
+
+
+def select(run_dir, *argv):
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return main_select(p.parse_args([str(run_dir), *map(str, argv)]))
+
+
+def truth_of(base):
+    names = read_star(base / "data" / "particles.star")["particles"]["rlnImageName"]
+    with h5py.File(base / "data" / "truth.h5", "r") as f:
+        return names.astype(str).to_numpy(), f["species"][()]
+
+
+@pytest.mark.mpi
+def test_auto_keeps_good_and_drops_junk(run, capsys):
+    out = run / "auto"
+    assert select(run / "run", "--auto", "--out", out) == 0
+    text = capsys.readouterr().out
+    names, species = truth_of(run)
+    chosen = np.isin(names, read_star(out / "selected.star")["particles"]["rlnImageName"]
+                     .astype(str).to_numpy())
+    good_kept = chosen[species >= 0].mean()
+    junk_dropped = 1.0 - chosen[species < 0].mean()
+    print(f"--auto: kept {good_kept:.2%} of good particles, dropped {junk_dropped:.2%} of junk")
+    assert good_kept >= 0.95, text
+    assert junk_dropped >= 0.90, text
+    rejected = read_star(out / "rejected.star")["particles"]
+    assert len(rejected) + chosen.sum() == len(names)  # no duplicates in this set
+    assert (out / "summary.txt").read_text().endswith(text.split("written:")[0])
+    lines = text.splitlines()
+    assert len(lines) == 1 + 12 + 3  # header, one per class, limits, total, files
+    assert lines[-3].startswith("auto limits:")
+
+
+@pytest.mark.mpi
+def test_keep_writes_input_columns_alignment_and_averages(run):
+    out = run / "keep"
+    assert select(run / "run", "--keep", "1-2,4", "--out", out) == 0
+    inp = read_star(run / "data" / "particles.star")["particles"]
+    got = read_star(out / "selected.star")["particles"]
+    assert set(inp.columns) <= set(got.columns)
+    assert "rlnClassNumber" in got.columns and "rlnClassNumber" not in inp.columns
+    with h5py.File(run / "run" / "run.h5", "r") as f:
+        cls = f["particles/class"][()]
+        psi = f["particles/psi_deg"][()]
+    rows = np.flatnonzero(np.isin(cls, [1, 2, 4]))
+    assert got["rlnImageName"].tolist() == inp["rlnImageName"].iloc[rows].tolist()
+    assert got["rlnClassNumber"].tolist() == cls[rows].tolist()
+    np.testing.assert_allclose(got["rlnAnglePsi"].to_numpy(), psi[rows], atol=1e-4)
+    for col in ("rlnDefocusU", "rlnMicrographName", "rlnCoordinateX"):
+        assert got[col].tolist() == inp[col].iloc[rows].tolist()
+    cs = read_cs(out / "selected.cs")
+    assert len(cs) == rows.size
+    assert (cs["alignments2D/class"] == cls[rows] - 1).all()
+    rej = read_star(out / "rejected.star")["particles"]
+    assert set(rej["rlnClassNumber"]) == set(np.unique(cls)) - {1, 2, 4}
+    avg, _ = read_stack(out / "selected_class_averages.mrcs")
+    full, _ = read_stack(run / "run" / "class_averages.mrcs")
+    np.testing.assert_array_equal(avg, full[[0, 1, 3]])
+
+
+@pytest.mark.mpi
+def test_thresholds_and_overrides(run):
+    data = load_run(run / "run")
+    c = data.classes
+    sel = decide(data, thresholds=Thresholds(min_particles=100))
+    assert sel.kept_classes.tolist() == (np.flatnonzero(c["count"] >= 100) + 1).tolist()
+    th = Thresholds(min_particles=50, max_res_A=12.0, min_mean_posterior=0.9)
+    expect = ((c["count"] >= 50) & (c["res_A"] <= 12.0) & (c["mean_posterior"] >= 0.9))
+    sel = decide(data, thresholds=th)
+    assert sel.kept_classes.tolist() == (np.flatnonzero(expect) + 1).tolist()
+    assert all("res" in d.reason for d in sel.decisions
+               if not d.kept and c["count"][d.number - 1] >= 50 and d.res_A > 12.0)
+    # --keep / --drop override the thresholds for the listed classes
+    failing = int(np.flatnonzero(~expect & (c["count"] > 0))[0]) + 1
+    passing = int(np.flatnonzero(expect)[0]) + 1
+    sel = decide(data, keep=np.array([failing]), drop=np.array([passing]), thresholds=th)
+    assert failing in sel.kept_classes and passing not in sel.kept_classes
+    assert [d.reason for d in sel.decisions if d.number in (failing, passing)] == (
+        ["--keep", "--drop"] if failing < passing else ["--drop", "--keep"])
+    ess = decide(data, thresholds=Thresholds(max_median_ess=1.05))
+    assert ess.kept_classes.tolist() == (np.flatnonzero(c["median_ess"] <= 1.05) + 1).tolist()
+    # --drop alone keeps the others (empty classes have no particles either way)
+    sel = decide(data, drop=np.array([2, 3]))
+    assert set(sel.kept_classes) == set(np.flatnonzero(c["count"] > 0) + 1) - {2, 3}
+    assert sel.selected_rows.size == np.isin(data.particles["class"], sel.kept_classes).sum()
+    with pytest.raises(InputError, match="both --keep and --drop"):
+        decide(data, keep=np.array([2]), drop=np.array([2]))
+    with pytest.raises(InputError, match="nothing to select"):
+        decide(data)
+
+
+@pytest.mark.mpi
+def test_errors_are_one_line_input_errors(run, tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        select(tmp_path, "--auto")
+    with pytest.raises(InputError, match="class numbers go from 1 to 12"):
+        select(run / "run", "--keep", "1,13", "--out", tmp_path / "x")
+    with pytest.raises(InputError, match="--keep-shift-outliers"):
+        select(run / "run", "--keep-shift-outliers", "--keep", "1", "--out", tmp_path / "x")
+    with pytest.raises(InputError, match="--particles"):
+        select(run / "run", "--keep", "1", "--particles", tmp_path / "moved.star",
+               "--out", tmp_path / "x")
