@@ -10,7 +10,15 @@ MPIEXEC := $(VENV)/bin/mpiexec
 RANKS ?= 2
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast lint clean bench relion-compare report-screenshot
+.PHONY: install demo test test-fast lint clean bench relion-compare report-screenshot \
+	test-mpi-hdf5 interop-tools
+
+# The system-MPI stack (what cluster users run): Debian's Open MPI, mpi4py and an
+# MPI-enabled h5py (parallel HDF5) under the system Python, with cryoclass's other
+# dependencies pip-installed on top while pip keeps Debian's numpy/h5py/mpi4py.
+MPI_VENV ?= .venv-mpi
+MPI_STAMP := $(MPI_VENV)/.installed-stamp
+SYSTEM_MPIRUN := mpirun --allow-run-as-root --oversubscribe
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +51,35 @@ test-fast: install
 
 lint: install
 	$(VENV)/bin/ruff check src tests
+
+$(MPI_STAMP): pyproject.toml
+	@dpkg -s python3-h5py-mpi >/dev/null 2>&1 || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-h5py-mpi \
+		python3-mpi4py python3-numpy python3-venv openmpi-bin)
+	/usr/bin/python3 -m venv --system-site-packages $(MPI_VENV)
+	H5PY_ALWAYS_USE_MPI=1 /usr/bin/python3 -c "import numpy, h5py, mpi4py; \
+		print(f'numpy=={numpy.__version__}\nh5py=={h5py.__version__}\nmpi4py=={mpi4py.__version__}')" \
+		> $(MPI_VENV)/constraints.txt
+	# Debian names its h5py distribution h5py._debian_h5py_mpi, so pip cannot see it: install
+	# every other dependency from pyproject.toml, then cryoclass itself without deps.
+	/usr/bin/python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+		print('\n'.join(d for d in p['dependencies'] + p['optional-dependencies']['test'] \
+		if not d.startswith(('h5py', 'tomli'))))" > $(MPI_VENV)/requirements.txt
+	$(MPI_VENV)/bin/pip install -q -c $(MPI_VENV)/constraints.txt -r $(MPI_VENV)/requirements.txt
+	$(MPI_VENV)/bin/pip install -q --no-deps -e .
+	touch $(MPI_STAMP)
+
+test-mpi-hdf5: $(MPI_STAMP)
+	H5PY_ALWAYS_USE_MPI=1 CRYOCLASS_TEST_MPIEXEC="$(SYSTEM_MPIRUN)" $(MPI_VENV)/bin/python -c \
+		"import h5py; assert h5py.get_config().mpi, 'h5py without MPI'"
+	H5PY_ALWAYS_USE_MPI=1 CRYOCLASS_TEST_MPIEXEC="$(SYSTEM_MPIRUN)" $(MPI_VENV)/bin/python \
+		-m pytest -q tests/test_parallel_hdf5.py tests/test_mpi.py
+
+# the real RELION and cryoSPARC tools used by tests/test_interop.py (skipped without them)
+interop-tools: install
+	@command -v relion_refine >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq relion)
+	$(VENV)/bin/pip install -q cryosparc-tools
 
 bench: install
 	$(MPIEXEC) -n $(RANKS) $(VENV)/bin/cryoclass -q bench --n 1000 --classes 50 --max-res 6

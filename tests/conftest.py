@@ -52,3 +52,16 @@ def complex_dtype(real_dtype):
 def host(a):
     """Copy to host memory as a NumPy array (no-op for NumPy)."""
     return to_host(a)
+
+
+def mpiexec_command():
+    """The MPI launcher for tests: $CRYOCLASS_TEST_MPIEXEC, else the venv's own mpiexec."""
+    import os
+    import shlex
+    import sys
+    from pathlib import Path
+
+    env = os.environ.get("CRYOCLASS_TEST_MPIEXEC")
+    if env:
+        return shlex.split(env)
+    return [str(Path(sys.executable).parent / "mpiexec")]

@@ -5,19 +5,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import shutil
+
 import numpy as np
 import pytest
+from conftest import mpiexec_command
 
 HERE = Path(__file__).resolve().parent
-MPIEXEC = Path(sys.executable).parent / "mpiexec"
+LAUNCHER = mpiexec_command()
 pytestmark = [pytest.mark.mpi,
-              pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec in the venv")]
+              pytest.mark.skipif(shutil.which(LAUNCHER[0]) is None,
+                                 reason=f"no MPI launcher {LAUNCHER[0]}")]
 
 
 def mpirun(n, *args, timeout=300, **kw):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([str(MPIEXEC), "-n", str(n), sys.executable, *map(str, args)],
+    return subprocess.run([*LAUNCHER, "-n", str(n), sys.executable, *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, env=env, **kw)
 
 

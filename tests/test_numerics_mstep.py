@@ -200,7 +200,8 @@ def test_frc_resolution_interpolates():
     curves = np.array([
         [1.0, 0.95, 0.9, 0.7, 0.3, 0.1, 0.05, 0.0],   # crosses between shells 3 and 4
         [1.0, 0.99, 0.9, 0.8, 0.7, 0.6, 0.55, 0.51],  # never drops: last shell
-        [1.0, 0.4, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9],     # below at shell 1: inf
+        [1.0, 0.4, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9],     # one low shell is not a crossing
+        [1.0, 0.4, 0.3, 0.9, 0.9, 0.9, 0.9, 0.9],     # below at shells 1 and 2: inf
         [1.0, 0.9, 0.6, 0.5, 0.45, 0.1, 0.0, 0.0],    # exactly 0.5 at shell 3 is not below
         [0.2, 0.9, 0.8, 0.6, 0.4, 0.1, 0.0, 0.0],     # shell 0 is ignored
     ])
@@ -208,9 +209,10 @@ def test_frc_resolution_interpolates():
     # linear in frequency: 0.7 -> 0.3 reaches 0.5 half way between shells 3 and 4
     assert got[0] == pytest.approx(n * psize / 3.5)
     assert got[1] == pytest.approx(res[-1])
-    assert got[2] == np.inf
-    assert got[3] == pytest.approx(n * psize / 3.0)
-    assert got[4] == pytest.approx(n * psize / (3 + 0.1 / 0.2))
+    assert got[2] == pytest.approx(res[-1])
+    assert got[3] == np.inf
+    assert got[4] == pytest.approx(n * psize / 3.0)
+    assert got[5] == pytest.approx(n * psize / (3 + 0.1 / 0.2))
     assert frc_resolution(curves[:1], res, threshold=0.143)[0] == pytest.approx(
         n * psize / (4 + (0.3 - 0.143) / (0.3 - 0.1)))
 

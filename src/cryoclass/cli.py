@@ -250,6 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
                                           .main_evaluate(a.truth, a.star, a.json)
                                           if comm.rank == 0 else 0))
 
+    sl = sub.add_parser("select", help="keep or drop classes of a finished run; write the subset",
+                        description="Choose classes of a finished run (by number, thresholds "
+                                    "or --auto) and write the chosen particles as STAR and .cs "
+                                    "plus their class averages into RUN/select (or --out).")
+    from cryoclass.select import add_arguments as add_select_arguments
+
+    add_select_arguments(sl)
+    sl.set_defaults(func=cmd_select)
+
     rp = sub.add_parser("report", help="(re)build RUN/report.html, also for an interrupted run")
     rp.add_argument("run", help="run directory")
     rp.set_defaults(func=cmd_report)
@@ -391,6 +400,15 @@ def cmd_bench(args, comm) -> int:
     return 0
 
 
+def cmd_select(args, comm) -> int:
+    """Select classes of a finished run (rank 0: reads run.h5, writes the subset)."""
+    if comm.rank != 0:
+        return 0
+    from cryoclass.select import main_select
+
+    return main_select(args)
+
+
 def cmd_report(args, comm) -> int:
     """Build the HTML report of a run directory (rank 0)."""
     if comm.rank != 0:
@@ -501,9 +519,9 @@ def run_classify(args, cfg, comm) -> int:
         finally:
             if diag is not None:
                 diag.close()
+        prov = provenance(sys.argv, comm.size, xp.__name__, args.particles)
+        write_outputs(outdir, table, result, cfg, prov, comm)
         if comm.rank == 0:
-            prov = provenance(sys.argv, comm.size, xp.__name__, args.particles)
-            write_outputs(outdir, table, result, cfg, prov)
             from cryoclass.report import build_report
 
             report = build_report(outdir)

@@ -31,7 +31,6 @@ from cryoclass.numerics.fourier import crop_fourier, to_fourier, to_real
 from cryoclass.numerics.masks import normalize_background, soft_circular_mask
 from cryoclass.numerics.transforms import rotate_coefficients, shift_phases
 from cryoclass.parallel.comm import Comm
-from cryoclass.progress import Bar
 from cryoclass.parallel.partition import (
     batch_members,
     block_range,
@@ -39,6 +38,7 @@ from cryoclass.parallel.partition import (
     half_sets,
     local_members,
 )
+from cryoclass.progress import Bar
 
 logger = logging.getLogger(__name__)
 
@@ -576,6 +576,9 @@ class RunResult:
     median_ess: np.ndarray
     mean_posterior: np.ndarray
     timings: dict
+    local: ParticleResults | None = None  # this rank's particles (rows start..)
+    start: int = 0
+    n_total: int = 0
 
 
 class StopRequested(Exception):
@@ -764,5 +767,8 @@ def finish(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, comm: C
             if sel.any():
                 median_ess[j] = float(np.median(cat["ess"][sel]))
                 mean_post[j] = float(np.mean(cat["pmax"][sel]))
+    median_ess, mean_post = comm.bcast((median_ess, mean_post))
+    mine = ParticleResults(inv[local["cls"]], local["pmax"], local["ess"], local["psi"],
+                           local["shift"], local["score"], local["half"])
     return RunResult(geom, state, particles, order, counts, frc_res, median_ess, mean_post,
-                     timings)
+                     timings, mine, shard.start, shard.n_total)

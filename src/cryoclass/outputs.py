@@ -90,14 +90,40 @@ def alignment_columns(result: RunResult, ctf_off: bool) -> dict[str, np.ndarray]
     }
 
 
-def write_run_h5(path: Path, result: RunResult, cfg: Config, provenance: dict,
-                 duplicate: np.ndarray | None) -> None:
-    """Write run.h5 atomically."""
-    from cryoclass.io.star import atomic_path
+def particle_columns(p, pixel_size_A: float, duplicate: np.ndarray | None) -> dict:
+    """Return the ``/particles`` datasets of run.h5 for some particles (module docstring)."""
+    n = p.class_index.size
+    return {
+        "class": p.class_index + 1, "class_posterior": p.class_posterior,
+        "best_class_prob": p.class_posterior, "ess": p.ess,
+        "psi_deg": relion_psi_deg(p.psi_rad),
+        "shift_x_px": p.shift_px[:, 0], "shift_y_px": p.shift_px[:, 1],
+        "shift_x_A": p.shift_px[:, 0] * pixel_size_A,
+        "shift_y_A": p.shift_px[:, 1] * pixel_size_A, "score": p.score,
+        "half_set": p.half_set,
+        "duplicate": duplicate if duplicate is not None else np.zeros(n, bool),
+    }
 
-    p = result.particles
+
+def write_run_h5(path: Path, result: RunResult, cfg: Config, provenance: dict,
+                 duplicate: np.ndarray | None, comm=None) -> str:
+    """Write run.h5 atomically, collectively over ``comm`` (all ranks call it).
+
+    Each rank contributes its own particles (``result.local``); the class data, history,
+    config and provenance must be identical on every rank (the caller broadcasts them).
+    Returns the writer used ("parallel" or "gather").
+    """
+    from cryoclass.io.results import write_run_file
+    from cryoclass.parallel.comm import Comm
+
+    comm = comm if comm is not None else Comm(None)
     g = result.geom
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    n_local = result.local.class_index.size
+    dup_local = (None if duplicate is None
+                 else duplicate[result.start:result.start + n_local])
+    local = particle_columns(result.local, g.pixel_size_A, dup_local)
+
+    def shared(f):
         f.attrs["config_toml"] = to_toml(cfg)
         f.attrs["version"] = __version__
         for key, val in provenance.items():
@@ -106,20 +132,6 @@ def write_run_h5(path: Path, result: RunResult, cfg: Config, provenance: dict,
         f.attrs["box_px"] = g.box_px
         f.attrs["work_box_px"] = g.work_box
         f.attrs["work_pixel_size_A"] = g.work_pixel_A
-        gp = f.create_group("particles")
-        gp["class"] = (p.class_index + 1).astype(np.int32)
-        gp["class_posterior"] = p.class_posterior.astype(np.float32)
-        gp["best_class_prob"] = p.class_posterior.astype(np.float32)
-        gp["ess"] = p.ess.astype(np.float32)
-        gp["psi_deg"] = relion_psi_deg(p.psi_rad).astype(np.float32)
-        gp["shift_x_px"] = p.shift_px[:, 0].astype(np.float32)
-        gp["shift_y_px"] = p.shift_px[:, 1].astype(np.float32)
-        gp["shift_x_A"] = (p.shift_px[:, 0] * g.pixel_size_A).astype(np.float32)
-        gp["shift_y_A"] = (p.shift_px[:, 1] * g.pixel_size_A).astype(np.float32)
-        gp["score"] = p.score.astype(np.float32)
-        gp["half_set"] = p.half_set.astype(np.int8)
-        gp["duplicate"] = (duplicate if duplicate is not None
-                           else np.zeros(p.class_index.size, bool)).astype(np.int8)
         gc = f.create_group("classes")
         gc["images"] = result.state.classes.astype(np.float32)
         gc["count"] = result.counts.astype(np.int64)
@@ -140,6 +152,8 @@ def write_run_h5(path: Path, result: RunResult, cfg: Config, provenance: dict,
             gm[name] = np.asarray(val, dtype=np.float64)
         write_history(f.create_group("iterations"), result.state.history)
 
+    return write_run_file(Path(path), comm, result.n_total, result.start, local, shared)
+
 
 def write_history(group, history: list[dict]) -> None:
     """Store per-iteration records as stacked datasets."""
@@ -147,20 +161,33 @@ def write_history(group, history: list[dict]) -> None:
         return
     for key in history[0]:
         vals = [h[key] for h in history]
-        if isinstance(vals[0], str):
-            group[key] = np.array(vals, dtype=h5py.string_dtype())
+        if isinstance(vals[0], str):  # fixed length: parallel HDF5 cannot write VL data
+            group[key] = np.array([v.encode() for v in vals], dtype=np.bytes_)
         else:
             group[key] = np.asarray(vals, dtype=np.float64)
 
 
 def write_outputs(outdir: Path, table, result: RunResult, cfg: Config,
-                  provenance: dict) -> dict[str, Path]:
-    """Write every output of a finished run (rank 0). Returns the paths written."""
+                  provenance: dict, comm=None) -> dict[str, Path]:
+    """Write every output of a finished run; collective over ``comm`` (all ranks call it).
+
+    run.h5 is written by every rank (parallel HDF5 or the gathering fallback); the STAR,
+    CS, MRC and config files by rank 0. Returns the paths written (on rank 0).
+    """
+    from cryoclass.parallel.comm import Comm
     from cryoclass.progress import Bar
 
-    n_files = 4 if duplicate_mask_possible(table, cfg) else 3  # steps with a bar.update
+    comm = comm if comm is not None else Comm(None)
+    outdir = Path(outdir)
+    dup = duplicate_mask(table, result, cfg) if comm.rank == 0 else None
+    dup, provenance, history = comm.bcast((dup, provenance, result.state.history))
+    result.state.history = history  # identical on every rank (timings are rank 0's)
+    write_run_h5(outdir / "run.h5", result, cfg, provenance, dup, comm)
+    if comm.rank != 0:
+        return {}
+    n_files = 3 if duplicate_mask_possible(table, cfg) else 2  # steps with a bar.update
     with Bar(n_files, "write outputs", cfg.output.progress, unit="files") as bar:
-        return _write_outputs(outdir, table, result, cfg, provenance, bar)
+        return _write_outputs(outdir, table, result, cfg, dup, bar)
 
 
 def duplicate_mask_possible(table, cfg: Config) -> bool:
@@ -168,8 +195,8 @@ def duplicate_mask_possible(table, cfg: Config) -> bool:
     return cfg.duplicates.remove is not False and bool(table.has_locations)
 
 
-def _write_outputs(outdir: Path, table, result: RunResult, cfg: Config, provenance: dict,
-                   bar) -> dict[str, Path]:
+def _write_outputs(outdir: Path, table, result: RunResult, cfg: Config,
+                   dup: np.ndarray | None, bar) -> dict[str, Path]:
     from cryoclass.io.mrc import write_stack
     from cryoclass.io.particles import (
         write_particles_cs,
@@ -182,15 +209,22 @@ def _write_outputs(outdir: Path, table, result: RunResult, cfg: Config, provenan
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     paths = {}
-    dup = duplicate_mask(table, result, cfg)
     align = alignment_columns(result, ctf_off=not cfg.ctf.correct)
     paths["run.h5"] = outdir / "run.h5"
-    write_run_h5(paths["run.h5"], result, cfg, provenance, dup)
-    bar.update(1)
     paths["class_averages.mrcs"] = outdir / "class_averages.mrcs"
     write_stack(paths["class_averages.mrcs"],
                 class_images_full_box(result.state.classes, result.geom.box_px),
                 result.geom.pixel_size_A)
+    from cryoclass.io.interop import write_class_averages_cs, write_class_averages_star
+
+    project = getattr(table, "base_dir", None)
+    paths["class_averages.star"] = outdir / "class_averages.star"  # RELION --ref list
+    write_class_averages_star(paths["class_averages.star"], paths["class_averages.mrcs"],
+                              result.counts, result.frc_res_A, project_dir=project)
+    paths["class_averages.cs"] = outdir / "class_averages.cs"
+    write_class_averages_cs(paths["class_averages.cs"], paths["class_averages.mrcs"],
+                            result.geom.box_px, result.geom.pixel_size_A, result.frc_res_A,
+                            project_dir=project)
     bar.update(1)
     keep = np.arange(len(table)) if dup is None else np.flatnonzero(~dup)
     paths["particles.star"] = outdir / "particles.star"

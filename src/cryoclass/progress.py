@@ -49,7 +49,7 @@ class Bar:
             self._draw(now)
 
     def text(self, now: float | None = None) -> str:
-        """The line the bar shows now."""
+        """Return the line the bar shows now."""
         now = time.perf_counter() if now is None else now
         dt = max(now - self.t0, 1e-9)
         rate = self.done / dt

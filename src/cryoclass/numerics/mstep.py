@@ -101,16 +101,20 @@ def frc(a, b, shell, weight, n_shells: int):
 
 
 def frc_resolution(curve, shell_res_A, threshold: float = 0.5):
-    """Resolution (Å) where each FRC curve (K, n_shells) first drops below ``threshold``.
+    """Resolution (Å) where each FRC curve (K, n_shells) drops below ``threshold`` to stay.
 
-    Shell 0 is skipped. Linear interpolation between shells; the last shell's
-    resolution if it never drops; ``inf`` if shell 1 is already below.
+    Shell 0 is skipped. The crossing is the first shell j below the threshold whose next
+    shell is below too (a single low shell, common at the few-coefficient lowest shells,
+    is not a crossing), linearly interpolated between shells j-1 and j; the last shell's
+    resolution if the curve never drops; ``inf`` if shells 1 and 2 are both below.
     """
     c = np.asarray(curve)
     res = np.asarray(shell_res_A, dtype=np.float64)
     out = np.full(c.shape[0], np.inf)
     for k in range(c.shape[0]):
-        below = np.nonzero(c[k, 1:] < threshold)[0]
+        low = c[k, 1:] < threshold
+        stay = low & np.append(low[1:], True)  # below here and at the next shell
+        below = np.nonzero(stay)[0]
         if below.size == 0:
             out[k] = res[-1]
             continue
