@@ -1,14 +1,14 @@
 """MPI behaviour under the venv's own mpiexec (the mpich wheel)."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import shutil
-
 import numpy as np
 import pytest
+
 from conftest import mpiexec_command
 
 HERE = Path(__file__).resolve().parent

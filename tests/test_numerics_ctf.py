@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from conftest import host, rtol_for
 from cryoclass.numerics.ctf import ctf_2d, ctf_values, electron_wavelength_A
 from cryoclass.numerics.fourier import freq_indices
+
+from conftest import host, rtol_for
 
 DTYPES = [np.float32, np.float64]
 

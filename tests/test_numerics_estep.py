@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from conftest import complex_dtype, host, rtol_for
 from cryoclass.numerics.estep import (
     Posteriors,
     accumulate_force_max,
@@ -17,6 +16,8 @@ from cryoclass.numerics.estep import (
     posteriors,
     residual_power,
 )
+
+from conftest import complex_dtype, host, rtol_for
 
 DTYPES = [np.float32, np.float64]
 

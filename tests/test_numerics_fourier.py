@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from conftest import complex_dtype, host, rtol_for
 from cryoclass.numerics.fourier import (
     crop_fourier,
     freq_indices,
@@ -16,6 +15,8 @@ from cryoclass.numerics.fourier import (
     to_real,
     working_box,
 )
+
+from conftest import complex_dtype, host, rtol_for
 
 DTYPES = [np.float32, np.float64]
 

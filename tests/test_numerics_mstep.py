@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from conftest import complex_dtype, host, rtol_for
 from cryoclass.numerics.fourier import freq_indices, hermitian_weights, shell_index, to_fourier
 from cryoclass.numerics.mstep import (
     bins_to_class_frame,
@@ -17,6 +16,8 @@ from cryoclass.numerics.mstep import (
     scatter_half_plane,
 )
 from cryoclass.numerics.transforms import psi_grid, rotate_coefficients
+
+from conftest import complex_dtype, host, rtol_for
 
 DTYPES = [np.float32, np.float64]
 INTERP_RTOL = 0.03  # pad-2 bilinear rotation + gridding factor (see test_numerics_transforms)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from conftest import host, rtol_for
 from cryoclass.backend import cupy_available
 from cryoclass.numerics.duplicates import find_duplicates
 from cryoclass.numerics.masks import normalize_background, soft_circular_mask
@@ -19,6 +18,8 @@ from cryoclass.numerics.postprocess import (
     recenter,
     verticalize,
 )
+
+from conftest import host, rtol_for
 
 DTYPES = [np.float32, np.float64]
 

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from conftest import complex_dtype, host, rtol_for
 from cryoclass.numerics.fourier import freq_indices, to_fourier, to_real
 from cryoclass.numerics.transforms import (
     psi_grid,
@@ -31,6 +30,8 @@ from cryoclass.numerics.transforms import (
     shift_images,
     shift_phases,
 )
+
+from conftest import complex_dtype, host, rtol_for
 
 DTYPES = [np.float32, np.float64]
 INTERP_RTOL = 0.025  # relative L2 error of pad-2 bilinear rotation on compact objects

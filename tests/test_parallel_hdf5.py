@@ -13,9 +13,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import mpiexec_command
 
 from cryoclass.simulate import SimulationParams, simulate_dataset
+
+from conftest import mpiexec_command
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 OPTS = ["--classes", "3", "--max-res", "14", "--online-iters", "2", "--batch-per-class", "30",

@@ -19,7 +19,6 @@ import logging
 import os
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from cryoclass import __version__
