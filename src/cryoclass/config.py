@@ -117,6 +117,7 @@ class ComputeConfig:
     """Where and how the arithmetic runs."""
 
     backend: str = "auto"
+    precision: str = "single"
     chunk_size: int = 128
     devices: str = ""
 
@@ -300,6 +301,8 @@ def validate(cfg: Config) -> None:
     need(cfg.compute.backend in ("auto", "numpy", "cupy"),
          f"compute.backend must be auto, numpy or cupy, got {cfg.compute.backend!r}")
     need(cfg.compute.chunk_size >= 1, "compute.chunk_size must be >= 1")
+    need(cfg.compute.precision in ("single", "double"),
+         f"compute.precision must be single or double, got {cfg.compute.precision!r}")
     pd = cfg.preprocess.particle_diameter_A
     need(pd is None or pd > 0, "preprocess.particle_diameter_A must be > 0 Å")
 

@@ -96,7 +96,14 @@ class ParticleResults:
 
 
 # ------------------------------------------------------------------ preprocessing
-def preprocess(images, geom: Geometry):
+def dtypes(cfg: Config) -> tuple:
+    """(real, complex) compute dtypes of ``compute.precision``; long sums are float64."""
+    if cfg.compute.precision == "double":
+        return np.float64, np.complex128
+    return np.float32, np.complex64
+
+
+def preprocess(images, geom: Geometry, real_dtype=np.float32):
     """Normalize, window, transform and crop raw images to averaging coefficients.
 
     Parameters
@@ -105,29 +112,32 @@ def preprocess(images, geom: Geometry):
 
     Returns
     -------
-    complex64 (P, M)
+    complex (P, M) of the matching precision
     """
     n = images.shape[-1]
-    img = normalize_background(images.astype(np.float32), geom.particle_radius_px)
+    cdt = np.complex64 if real_dtype == np.float32 else np.complex128
+    img = normalize_background(images.astype(real_dtype), geom.particle_radius_px)
     xp = array_namespace(img)
-    window = soft_circular_mask(n, 0.85 * (n / 2), 0.99 * (n / 2), xp, np.float32)
+    window = soft_circular_mask(n, 0.85 * (n / 2), 0.99 * (n / 2), xp, real_dtype)
     f = to_fourier(img * window[None])
     f = crop_fourier(f, n, geom.work_box)
-    return f.reshape(f.shape[0], -1)[:, geom.index].astype(np.complex64)
+    return f.reshape(f.shape[0], -1)[:, geom.index].astype(cdt)
 
 
 def load_shard(table, geom: Geometry, comm: Comm, seed: int, xp: ModuleType,
-               read_block: int = 512, show_progress: bool = False) -> Shard:
+               read_block: int = 512, show_progress: bool = False,
+               real_dtype=np.float32) -> Shard:
     """Read and preprocess this rank's contiguous block of particles."""
     n = len(table)
     start, stop = block_range(n, comm.size, comm.rank)
     source = table.image_source()
-    coeffs = xp.empty((stop - start, geom.n_coeffs), dtype=np.complex64)
+    cdt = np.complex64 if real_dtype == np.float32 else np.complex128
+    coeffs = xp.empty((stop - start, geom.n_coeffs), dtype=cdt)
     with Bar(stop - start, "read + preprocess (rank 0)", show_progress) as bar:
         for sl in chunks(stop - start, read_block):
             rows = np.arange(start + sl.start, start + sl.stop)
             imgs = xp.asarray(source.read(rows))
-            coeffs[sl] = preprocess(imgs, geom)
+            coeffs[sl] = preprocess(imgs, geom, real_dtype)
             bar.update(rows.size)
     meta = table.meta.iloc[start:stop]
     params = np.stack([meta[f].to_numpy(dtype=np.float64) for f in CTF_FIELDS], axis=1)
@@ -136,12 +146,13 @@ def load_shard(table, geom: Geometry, comm: Comm, seed: int, xp: ModuleType,
 
 
 def chunk_ctf(shard: Shard, rows: np.ndarray, geom: Geometry, cfg: Config, xp: ModuleType):
-    """CTF of particles ``rows`` (local) at the averaging coefficients: (P, M) float32."""
+    """CTF of particles ``rows`` (local) at the averaging coefficients: (P, M)."""
+    rdt = dtypes(cfg)[0]
     if not cfg.ctf.correct:
-        return xp.ones((rows.size, geom.n_coeffs), dtype=np.float32)
+        return xp.ones((rows.size, geom.n_coeffs), dtype=rdt)
     p = shard.ctf_params[rows]
     return ctf_values(geom.freq_y_invA, geom.freq_x_invA, *p.T,
-                      phase_flip=cfg.ctf.phase_flip_only, xp=xp)
+                      phase_flip=cfg.ctf.phase_flip_only, xp=xp, dtype=rdt)
 
 
 # -------------------------------------------------------------------- schedule
@@ -294,15 +305,16 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
     tm = {key: 0.0 for key in PHASES}
     flops = 0.0
     t_ph = time.perf_counter()
-    classes = xp.asarray(state.classes.astype(np.float32))
+    rdt, cdt = dtypes(cfg)
+    classes = xp.asarray(state.classes.astype(rdt))
     refs = rotate_coefficients(classes, geom.ky, geom.kx, geom.psi_rad,
                                cfg.search.padding_factor)  # (K, n_psi, M)
     align = xp.asarray(geom.align)
     refs3_a = xp.ascontiguousarray(refs[:, :, align])  # (K, n_psi, M_a)
     refs = refs.reshape(k * n_psi, m_coef)
     shell = xp.asarray(geom.shell)
-    inv_s2 = xp.asarray((1.0 / s2[geom.shell]).astype(np.float32))
-    inv_s2w = xp.asarray(geom.herm.astype(np.float32)) * inv_s2
+    inv_s2 = xp.asarray((1.0 / s2[geom.shell]).astype(rdt))
+    inv_s2w = xp.asarray(geom.herm.astype(rdt)) * inv_s2
     inv_s2w_a = inv_s2w[align]
     lp_class = xp.zeros(k)
     c2f = geom.search_mode == "coarse_to_fine"
@@ -312,21 +324,21 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
             refs.reshape(k, n_psi, m_coef)[:, ::2][:, :, coarse]).reshape(-1, coarse.size)
         ab_c = xp.asarray(np.rint(geom.shifts_coarse_px / geom.shift_step_px).astype(np.int64))
         phases_c = shift_phases(geom.ky[geom.coarse], geom.kx[geom.coarse],
-                                geom.shifts_coarse_px, geom.work_box, xp)
-        lp_c = xp.asarray(geom.log_prior_shift_coarse.astype(np.float32))
+                                geom.shifts_coarse_px, geom.work_box, xp, dtype=cdt)
+        lp_c = xp.asarray(geom.log_prior_shift_coarse.astype(rdt))
         inv_s2w_c = inv_s2w[coarse]
         n_t = geom.shifts_coarse_px.shape[0]
         n_r = k * n_psi // 2
     else:
         ab_f = xp.asarray(np.rint(geom.shifts_px / geom.shift_step_px).astype(np.int64))
-        phases = shift_phases(geom.ky, geom.kx, geom.shifts_px, geom.work_box, xp)
+        phases = shift_phases(geom.ky, geom.kx, geom.shifts_px, geom.work_box, xp, dtype=cdt)
         phases_a = xp.ascontiguousarray(phases[:, align])
-        lp_shift = xp.asarray(geom.log_prior_shift.astype(np.float32))
+        lp_shift = xp.asarray(geom.log_prior_shift.astype(rdt))
         n_t = geom.shifts_px.shape[0]
         n_r = k * n_psi
     reach = int(np.ceil(np.abs(geom.shifts_px).max() / geom.shift_step_px)) + 2
     tx, ty = estep.lattice_tables(geom.ky, geom.kx, geom.work_box, geom.shift_step_px, reach,
-                                  xp)
+                                  xp, dtype=cdt)
     tx_a, ty_a = xp.ascontiguousarray(tx[:, align]), xp.ascontiguousarray(ty[:, align])
     d9 = np.array([[dx, dy] for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
     s_local = estep.lattice_phases(tx, ty, xp.asarray(d9))  # (9, M) local shift phases
@@ -425,7 +437,7 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
                 phase_rows = (estep.lattice_phases(tx, ty, cand_t[ii, kc, cb, 4])
                               * (wl[ii, kc, cb, dd] @ s_local))  # S_ab (W @ S_d)
                 estep.accumulate_pairs(num_bins, den_bins, g, ctf2, ii, bins, phase_rows,
-                                       xp.ones(ii.size, dtype=np.float32), wsum[ii, kc, cb, dd])
+                                       xp.ones(ii.size, dtype=rdt), wsum[ii, kc, cb, dd])
         else:
             estep.accumulate_marginal(num_bins, den_bins, g, ctf2, phases, post, half,
                                       weights)
@@ -619,7 +631,8 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
                          "particles: use --classes <= the number of particles")
     geom = make_geometry(table.box_px, float(table.meta["pixel_size_A"].iloc[0]), cfg)
     show = comm.rank == 0 and cfg.output.progress
-    shard = load_shard(table, geom, comm, c.seed, xp, show_progress=show)
+    shard = load_shard(table, geom, comm, c.seed, xp, show_progress=show,
+                       real_dtype=dtypes(cfg)[0])
     t_pre = time.perf_counter() - t0
     if state is None:
         s2i = initial_noise(shard, geom, comm, c.seed, xp)

@@ -273,7 +273,7 @@ def refine_local(z, ctf2w, refs, tx, ty, ab_coarse, psi_coarse, sigma_t_steps: f
     cross = (wf @ sf.T).reshape(p, k, 3, 9)
     power = v.real**2 + v.imag**2
     norm = (power * ctf2w[:, None, None, :]).sum(axis=-1)  # (P, J, 3)
-    prior = -0.5 * (ab**2).sum(axis=-1).astype(np.float32) / sigma_t_steps**2  # (P, J, 9)
+    prior = -0.5 * (ab**2).sum(axis=-1).astype(z.real.dtype) / sigma_t_steps**2  # (P, J, 9)
     ll = cross - 0.5 * norm[..., None] + prior[:, :, None, :]
     return ll, ab, psi_idx
 
