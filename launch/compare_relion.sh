@@ -7,7 +7,7 @@
 # Needs root for 'apt-get install relion' when RELION is missing, and `make install`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${N:-1500}; K=${K:-12}; RES=${RES:-8}; ITER=${ITER:-25}; RANKS=${RANKS:-2}
+N=${N:-1500}; K=${K:-12}; RES=${RES:-8}; ITER=${ITER:-15}; RANKS=${RANKS:-2}
 PSI=${PSI:-6}; DIAM=${DIAM:-130}; OUT=${OUT:-compare_relion}; SEED=${SEED:-21}
 CC=.venv/bin/cryoclass
 MPIEXEC=.venv/bin/mpiexec
@@ -25,7 +25,7 @@ fi
 # (MPMD), the RANKS workers use one thread each, as cryoclass's RANKS ranks do.
 ARGS="--i particles.star --o ../relion/run --ctf --K $K --iter $ITER --tau2_fudge 2
       --particle_diameter $DIAM --zero_mask --flatten_solvent --psi_step $PSI
-      --offset_range 5 --offset_step 1 --oversampling 1 --strict_highres_exp $RES
+      --offset_range 5 --offset_step 1 --oversampling ${OVERSAMPLING:-0} --strict_highres_exp $RES
       --norm --scale --pad 2 --pool 30 --j 1 --dont_combine_weights_via_disc"
 mkdir -p "$OUT/relion"
 t0=$(date +%s.%N)
