@@ -91,7 +91,7 @@ def write_run_file(path: Path, comm, n_total: int, start: int, local: dict,
                     d[start:start + n_local] = np.asarray(local[name], dtype=d.dtype)
                 for src in range(1, comm.size):
                     while True:
-                        msg = comm.mpi.recv(source=src, tag=_TAG)
+                        msg = comm.recv(src, _TAG)
                         if msg is None:
                             break
                         off, arrays = msg
@@ -101,10 +101,10 @@ def write_run_file(path: Path, comm, n_total: int, start: int, local: dict,
         else:
             for s in range(0, n_local, chunk_rows):
                 e = min(n_local, s + chunk_rows)
-                comm.mpi.send((start + s, {name: np.asarray(local[name][s:e],
-                                                             dtype=PARTICLE_DTYPES[name])
-                                           for name in PARTICLE_DTYPES}), dest=0, tag=_TAG)
-            comm.mpi.send(None, dest=0, tag=_TAG)
+                comm.send((start + s, {name: np.asarray(local[name][s:e],
+                                                        dtype=PARTICLE_DTYPES[name])
+                                      for name in PARTICLE_DTYPES}), 0, _TAG)
+            comm.send(None, 0, _TAG)
     except BaseException:
         if comm.rank == 0 and tmp and os.path.exists(tmp):
             os.unlink(tmp)

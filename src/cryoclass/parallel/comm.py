@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 
 class Comm:
-    """Sum-allreduce, broadcast, gather and abort on a (possibly absent) communicator."""
+    """Sum-allreduce, broadcast, gather, send/recv and abort on a (maybe absent) communicator."""
 
     def __init__(self, mpi_comm=None):
         self.mpi = mpi_comm
@@ -48,6 +48,14 @@ class Comm:
         if self.mpi is None or self.size == 1:
             return [obj]
         return self.mpi.allgather(obj)
+
+    def send(self, obj, dest: int, tag: int = 0) -> None:
+        """Send a small Python object (pickled) to one rank."""
+        self.mpi.send(obj, dest=dest, tag=tag)
+
+    def recv(self, source: int, tag: int = 0):
+        """Receive a small Python object from one rank."""
+        return self.mpi.recv(source=source, tag=tag)
 
     def barrier(self) -> None:
         """Wait for every rank."""
