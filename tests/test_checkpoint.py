@@ -59,3 +59,14 @@ def test_resume_refuses_a_changed_config(tmp_path):
     load_checkpoint(ckpt, same)
     with pytest.raises(InputError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.h5")
+
+
+def test_scratch_shard_gives_the_same_result(tmp_path):
+    table, _ = make_problem(n_per=30, snr=0.3)
+    cfg = load_config(None, OPTS + ["classify.online_em_iters=2"])
+    ram = classify(table, cfg, Comm(None))
+    disk_cfg = load_config(None, OPTS + ["classify.online_em_iters=2",
+                                         f"compute.scratch_dir={str(tmp_path)!r}"])
+    disk = classify(table, disk_cfg, Comm(None))
+    assert list(tmp_path.glob("cryoclass-rank0000-*.npy"))  # the shard lived on disk
+    np.testing.assert_array_equal(disk.state.classes, ram.state.classes)

@@ -1,7 +1,6 @@
 """Single precision (float32 compute, float64 sums) against the float64 path."""
 
 import numpy as np
-from engine_fixtures import make_problem
 
 from cryoclass.config import load_config
 from cryoclass.em import (
@@ -16,6 +15,8 @@ from cryoclass.em import (
 )
 from cryoclass.geometry import make_geometry
 from cryoclass.parallel.comm import Comm
+
+from engine_fixtures import make_problem
 
 OPTS = ["classify.n_classes=3", "classify.max_res_A=12", "classify.online_em_iters=5",
         "classify.batch_size_per_class=60", "classify.anneal_start_iter=1",

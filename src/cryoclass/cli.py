@@ -84,6 +84,7 @@ _FLAG_MAP = {  # common flags -> config keys
     "mask_diameter": "mask.inner_diameter_A", "mask_diameter_outer": "mask.outer_diameter_A",
     "psi_step": "search.psi_step_deg", "shift_range": "search.shift_range_A",
     "backend": "compute.backend", "min_separation": "duplicates.min_separation_A",
+    "scratch": "compute.scratch_dir",
     "particle_diameter": "preprocess.particle_diameter_A",
 }
 _SWITCHES = {  # store_true flags -> (config key, value)
@@ -155,6 +156,9 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shift-range", type=float, metavar="A", help="translation range (Å)")
     g.add_argument("--seed", type=int, help="random seed (default 0)")
     g.add_argument("--backend", choices=["auto", "numpy", "cupy"], help="array backend")
+    g.add_argument("--scratch", metavar="DIR",
+                   help="keep preprocessed particles in memory-mapped files in DIR "
+                        "(node-local SSD) instead of RAM")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--no-plots", action="store_true", help="no per-iteration figures")
 

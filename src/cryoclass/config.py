@@ -120,6 +120,7 @@ class ComputeConfig:
     precision: str = "single"
     chunk_size: int = 128
     devices: str = ""
+    scratch_dir: str = ""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -126,13 +127,22 @@ def preprocess(images, geom: Geometry, real_dtype=np.float32):
 
 def load_shard(table, geom: Geometry, comm: Comm, seed: int, xp: ModuleType,
                read_block: int = 512, show_progress: bool = False,
-               real_dtype=np.float32) -> Shard:
-    """Read and preprocess this rank's contiguous block of particles."""
+               real_dtype=np.float32, scratch_dir: str = "") -> Shard:
+    """Read and preprocess this rank's contiguous block of particles.
+
+    With ``scratch_dir`` (NumPy backend), the preprocessed coefficients live in a
+    memory-mapped file ``scratch_dir/cryoclass-rank<r>-<pid>.npy`` (deleted at exit), so a
+    shard larger than the memory is paged from a node-local disk.
+    """
     n = len(table)
     start, stop = block_range(n, comm.size, comm.rank)
     source = table.image_source()
     cdt = np.complex64 if real_dtype == np.float32 else np.complex128
-    coeffs = xp.empty((stop - start, geom.n_coeffs), dtype=cdt)
+    shape = (stop - start, geom.n_coeffs)
+    if scratch_dir and xp is np:
+        coeffs = scratch_array(Path(scratch_dir), comm.rank, shape, cdt)
+    else:
+        coeffs = xp.empty(shape, dtype=cdt)
     with Bar(stop - start, "read + preprocess (rank 0)", show_progress) as bar:
         for sl in chunks(stop - start, read_block):
             rows = np.arange(start + sl.start, start + sl.stop)
@@ -143,6 +153,19 @@ def load_shard(table, geom: Geometry, comm: Comm, seed: int, xp: ModuleType,
     params = np.stack([meta[f].to_numpy(dtype=np.float64) for f in CTF_FIELDS], axis=1)
     half = xp.asarray(half_sets(n, seed)[start:stop])
     return Shard(start, stop, coeffs, params, half, n)
+
+
+def scratch_array(folder: Path, rank: int, shape: tuple, dtype) -> np.ndarray:
+    """Create a memory-mapped .npy array in ``folder``, removed when the process exits."""
+    import atexit
+    import os
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"cryoclass-rank{rank:04d}-{os.getpid()}.npy"
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    atexit.register(lambda: path.unlink(missing_ok=True))
+    logger.info("rank %d keeps its %.1f MB of particle data in %s", rank, arr.nbytes / 1e6, path)
+    return arr
 
 
 def chunk_ctf(shard: Shard, rows: np.ndarray, geom: Geometry, cfg: Config, xp: ModuleType):
@@ -632,7 +655,7 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
     geom = make_geometry(table.box_px, float(table.meta["pixel_size_A"].iloc[0]), cfg)
     show = comm.rank == 0 and cfg.output.progress
     shard = load_shard(table, geom, comm, c.seed, xp, show_progress=show,
-                       real_dtype=dtypes(cfg)[0])
+                       real_dtype=dtypes(cfg)[0], scratch_dir=cfg.compute.scratch_dir)
     t_pre = time.perf_counter() - t0
     if state is None:
         s2i = initial_noise(shard, geom, comm, c.seed, xp)
