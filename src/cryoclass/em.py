@@ -30,7 +30,7 @@ from cryoclass.numerics import estep, mstep, postprocess
 from cryoclass.numerics.ctf import ctf_values
 from cryoclass.numerics.fourier import crop_fourier, to_fourier, to_real
 from cryoclass.numerics.masks import normalize_background, soft_circular_mask
-from cryoclass.numerics.transforms import rotate_coefficients, shift_phases
+from cryoclass.numerics.search import PoseSearch
 from cryoclass.parallel.comm import Comm
 from cryoclass.parallel.partition import (
     batch_members,
@@ -47,8 +47,6 @@ CTF_FIELDS = ("defocus_u_A", "defocus_v_A", "defocus_angle_rad", "voltage_kv", "
               "amplitude_contrast", "phase_shift_rad", "bfactor_A2")
 HIST_BINS = 200
 CLASS_ESS_BINS = 64
-#: Coarse candidates per class refined on the fine grid (coarse-to-fine search).
-N_COARSE = 3
 
 
 # ----------------------------------------------------------------------------- data
@@ -283,11 +281,6 @@ def _lap(xp: ModuleType, t0: float) -> float:
     return time.perf_counter() - t0
 
 
-def gemm_flops(n_particles: int, n_shifts: int, n_coeffs: int, n_refs: int) -> float:
-    """Floating-point operations of the cross and norm GEMMs of :func:`estep.pose_loglik`."""
-    return 2.0 * n_particles * (n_shifts * 2 * n_coeffs + n_coeffs) * n_refs
-
-
 class Layout:
     """Offsets of the packed per-iteration reduction buffer."""
 
@@ -327,153 +320,49 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
 
     tm = {key: 0.0 for key in PHASES}
     flops = 0.0
-    t_ph = time.perf_counter()
-    rdt, cdt = dtypes(cfg)
-    classes = xp.asarray(state.classes.astype(rdt))
-    refs = rotate_coefficients(classes, geom.ky, geom.kx, geom.psi_rad,
-                               cfg.search.padding_factor)  # (K, n_psi, M)
-    align = xp.asarray(geom.align)
-    refs3_a = xp.ascontiguousarray(refs[:, :, align])  # (K, n_psi, M_a)
-    refs = refs.reshape(k * n_psi, m_coef)
-    shell = xp.asarray(geom.shell)
-    inv_s2 = xp.asarray((1.0 / s2[geom.shell]).astype(rdt))
-    inv_s2w = xp.asarray(geom.herm.astype(rdt)) * inv_s2
-    inv_s2w_a = inv_s2w[align]
-    lp_class = xp.zeros(k)
-    c2f = geom.search_mode == "coarse_to_fine"
-    if c2f:
-        coarse = xp.asarray(geom.coarse)
-        refs_c = xp.ascontiguousarray(
-            refs.reshape(k, n_psi, m_coef)[:, ::2][:, :, coarse]).reshape(-1, coarse.size)
-        ab_c = xp.asarray(np.rint(geom.shifts_coarse_px / geom.shift_step_px).astype(np.int64))
-        phases_c = shift_phases(geom.ky[geom.coarse], geom.kx[geom.coarse],
-                                geom.shifts_coarse_px, geom.work_box, xp, dtype=cdt)
-        lp_c = xp.asarray(geom.log_prior_shift_coarse.astype(rdt))
-        inv_s2w_c = inv_s2w[coarse]
-        n_t = geom.shifts_coarse_px.shape[0]
-        n_r = k * n_psi // 2
-    else:
-        ab_f = xp.asarray(np.rint(geom.shifts_px / geom.shift_step_px).astype(np.int64))
-        phases = shift_phases(geom.ky, geom.kx, geom.shifts_px, geom.work_box, xp, dtype=cdt)
-        phases_a = xp.ascontiguousarray(phases[:, align])
-        lp_shift = xp.asarray(geom.log_prior_shift.astype(rdt))
-        n_t = geom.shifts_px.shape[0]
-        n_r = k * n_psi
-    reach = int(np.ceil(np.abs(geom.shifts_px).max() / geom.shift_step_px)) + 2
-    tx, ty = estep.lattice_tables(geom.ky, geom.kx, geom.work_box, geom.shift_step_px, reach,
-                                  xp, dtype=cdt)
-    tx_a, ty_a = xp.ascontiguousarray(tx[:, align]), xp.ascontiguousarray(ty[:, align])
-    d9 = np.array([[dx, dy] for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
-    s_local = estep.lattice_phases(tx, ty, xp.asarray(d9))  # (9, M) local shift phases
+    t_ph = [time.perf_counter()]
+
+    def lap(name):  # add the time since the last lap to phase ``name``
+        tm[name] += _lap(xp, t_ph[0])
+        t_ph[0] = time.perf_counter()
+
+    rdt = dtypes(cfg)[0]
+    ps = PoseSearch(xp.asarray(state.classes.astype(rdt)), s2, geom, c.force_max,
+                    cfg.search.padding_factor, rdt)
     num_bins = xp.zeros((2 * k * n_psi, m_coef), dtype=np.complex128)
     den_bins = xp.zeros((2 * k * n_psi, m_coef), dtype=np.float64)
     noise = xp.zeros(geom.n_shells, dtype=np.float64)
     buf = np.zeros(layout.total)
-    tm["t_references"] = _lap(xp, t_ph)
-    budget = 24_000_000  # elements of the (P, n_shifts, n_refs) log-likelihood array
-    chunk = max(1, min(cfg.compute.chunk_size, budget // max(1, n_t * n_r)))
-    if c2f:  # the local refinement holds (P, K, 9, M_a) complex values
-        chunk = max(1, min(chunk, 6_000_000 // max(1, 9 * N_COARSE * k * geom.align.size)))
+    lap("t_references")
     outs = {name: [] for name in ("cls", "pmax", "ess", "psi", "shift", "score")}
     mstep_w = xp.zeros(k, dtype=np.float64)
     loglik_sum = 0.0
-    p_min = 1e-4
     bar = Bar(rows_all.size, f"iteration {it + 1} E-step (rank 0)", show_progress)
-    for sl in chunks(rows_all.size, chunk):
+    for sl in chunks(rows_all.size, ps.chunk_size(cfg.compute.chunk_size)):
         rows = rows_all[sl]
         drows = xp.asarray(rows)
         y = shard.coeffs[drows]
         ctf = chunk_ctf(shard, rows, geom, cfg, xp)
         ar = xp.arange(rows.size)
-        t_ph = time.perf_counter()
-        if c2f:
-            ll_c = estep.pose_loglik(y[:, coarse], ctf[:, coarse], inv_s2w_c, refs_c, phases_c)
-            t_top, psi_top = estep.top_coarse_poses(ll_c, k, lp_c, N_COARSE)  # (P, K, N)
-            del ll_c
-            flops += gemm_flops(rows.size, n_t, coarse.size, n_r)
-            tm["t_coarse"] += _lap(xp, t_ph)
-            t_ph = time.perf_counter()
-            nb = t_top.shape[2]
-            z = xp.conj(y[:, align]) * (ctf[:, align] * inv_s2w_a[None])
-            ctf2w = ctf[:, align] ** 2 * inv_s2w_a[None]
-            cls_of = xp.broadcast_to(xp.arange(k)[None, :, None], t_top.shape).reshape(
-                rows.size, k * nb)
-            ll, cand_t, cand_psi = estep.refine_local(
-                z, ctf2w, refs3_a, tx_a, ty_a, ab_c[t_top].reshape(rows.size, k * nb, 2),
-                2 * psi_top.reshape(rows.size, k * nb), geom.sigma_shift_px / geom.shift_step_px,
-                cls=cls_of)
-            n_loc = 27 * nb  # local fine poses per class
-            flat = ll.reshape(rows.size, k, n_loc)
-            cand_t = cand_t.reshape(rows.size, k, nb, 9, 2)
-            cand_psi = cand_psi.reshape(rows.size, k, nb, 3)
-            arg = flat.argmax(axis=2)
-            best_val = xp.take_along_axis(flat, arg[..., None], axis=2)[..., 0]
-            if c.force_max:
-                score_k = best_val
-            else:  # overlapping neighbourhoods count once each: a small, documented bias
-                score_k = estep.logsumexp(flat, axis=2)
-                wloc = xp.exp(flat - score_k[..., None])  # (P, K, n_loc) local pose weights
-            logits = score_k.astype(np.float64) + lp_class[None]
-            cp = xp.exp(logits - logits.max(axis=1, keepdims=True))
-            cp /= cp.sum(axis=1, keepdims=True)
-            kk = xp.arange(k)[None, :]
-            ar2 = ar[:, None]
-            t_best = cand_t[ar2, kk, arg // 27, arg % 9]  # (P, K, 2)
-            psi_best = cand_psi[ar2, kk, arg // 27, (arg % 27) // 9]  # (P, K)
-            flops += rows.size * k * nb * (8.0 * 27 * geom.align.size + 12.0 * geom.align.size)
-            tm["t_fine"] += _lap(xp, t_ph)
-        else:
-            ll = estep.pose_loglik(y[:, align], ctf[:, align], inv_s2w_a, refs3_a.reshape(
-                k * n_psi, -1), phases_a)
-            post = estep.posteriors(ll, k, lp_shift, lp_class, c.force_max)
-            del ll
-            cp, score_k, best_val = post.class_post, post.class_score, post.best_loglik
-            t_best = ab_f[post.best_shift]
-            psi_best = post.best_psi
-            flops += gemm_flops(rows.size, n_t, geom.align.size, n_r)
-            tm["t_fine"] += _lap(xp, t_ph)
-        t_ph = time.perf_counter()
+        t_ph[0] = time.perf_counter()
+        poses = ps.search(y, ctf, lap)
+        flops += poses.flops
+        cp = poses.class_post
         best = cp.argmax(axis=1)
         weights = cp
         if hard:
             weights = xp.zeros_like(cp)
-            weights[ar, best] = 1.0
+            weights[ar, best] = 1.0  # poses stay marginalized when force max is off
         mstep_w += weights.sum(axis=0)
-        g = (ctf * y) * inv_s2  # noise-weighted; scale cancels in the Wiener filter
-        ctf2 = (ctf * ctf) * inv_s2
-        half = shard.half[drows]
-        if c.force_max or (c2f and hard):
-            ii, kc = xp.nonzero(weights > p_min)
-            if ii.size:
-                bins = (half[ii] * k + kc) * n_psi + psi_best[ii, kc]
-                estep.accumulate_pairs(num_bins, den_bins, g, ctf2, ii, bins,
-                                       estep.lattice_phases(tx, ty, t_best[ii, kc]),
-                                       weights[ii, kc])
-        elif c2f:  # marginal over the local fine poses of each class
-            # the 9 local shifts of one (class, candidate, psi) fold into one row:
-            # sum_e w_e conj(S_{ab+d_e}) = conj(S_ab) (W @ conj(S_d))
-            wl = (weights[:, :, None] * wloc).reshape(rows.size, k, nb, 3, 9)
-            wsum = wl.sum(axis=-1)  # (P, K, nb, 3)
-            ii, kc, cb, dd = xp.nonzero(wsum > p_min)
-            if ii.size:
-                bins = (half[ii] * k + kc) * n_psi + cand_psi[ii, kc, cb, dd]
-                phase_rows = (estep.lattice_phases(tx, ty, cand_t[ii, kc, cb, 4])
-                              * (wl[ii, kc, cb, dd] @ s_local))  # S_ab (W @ S_d)
-                estep.accumulate_pairs(num_bins, den_bins, g, ctf2, ii, bins, phase_rows,
-                                       xp.ones(ii.size, dtype=rdt), wsum[ii, kc, cb, dd])
-        else:
-            estep.accumulate_marginal(num_bins, den_bins, g, ctf2, phases, post, half,
-                                      weights)
-        tm["t_backproject"] += _lap(xp, t_ph)
-        t_b = t_best[ar, best]  # (P, 2) lattice steps
-        psi_b = psi_best[ar, best]
-        noise += estep.residual_power_at(y, ctf, refs[best * n_psi + psi_b],
-                                         estep.lattice_phases(tx, ty, t_b), shell,
-                                         geom.n_shells)
+        ps.backproject(num_bins, den_bins, y, ctf, poses, weights, shard.half[drows])
+        lap("t_backproject")
+        t_b = poses.shift[ar, best]  # (P, 2) lattice steps
+        psi_b = poses.psi[ar, best]
+        noise += ps.residual_power(y, ctf, best, t_b, psi_b)
         ess = estep.effective_sample_size(cp)
         pmax = cp.max(axis=1)
-        score = best_val[ar, best]
-        loglik_sum += float(to_host(score_k[ar, best]).sum())
+        score = poses.best_val[ar, best]
+        loglik_sum += float(to_host(poses.score[ar, best]).sum())
         for name, arr in (("cls", best), ("pmax", pmax), ("ess", ess), ("psi", psi_b),
                           ("shift", t_b * geom.shift_step_px), ("score", score)):
             outs[name].append(to_host(arr))

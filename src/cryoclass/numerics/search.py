@@ -1,0 +1,218 @@
+"""Pose search of one iteration: coarse-to-fine or exhaustive, and the matching backprojection.
+
+:class:`PoseSearch` is built once per iteration from the class images, the noise model
+and the run geometry (rotated references, shift phase tables, coarse subsets); then, per
+chunk of particles, :meth:`PoseSearch.search` returns class posteriors and the best pose
+in every class (plus local pose weights when marginalizing), :meth:`PoseSearch.backproject`
+adds the chunk to the particle-frame bins of the M-step, and
+:meth:`PoseSearch.residual_power` gives the noise statistics. Pure array code (NumPy or
+CuPy); the equations are in ``docs/algorithm.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cryoclass.backend import array_namespace
+from cryoclass.numerics import estep
+from cryoclass.numerics.transforms import rotate_coefficients, shift_phases
+
+#: Coarse candidates per class refined on the fine grid (coarse-to-fine search).
+N_COARSE = 3
+#: Class weights below this are not backprojected.
+P_MIN = 1e-4
+
+
+def gemm_flops(n_particles: int, n_shifts: int, n_coeffs: int, n_refs: int) -> float:
+    """Floating-point operations of the cross and norm GEMMs of :func:`estep.pose_loglik`."""
+    return 2.0 * n_particles * (n_shifts * 2 * n_coeffs + n_coeffs) * n_refs
+
+
+@dataclass
+class ChunkPoses:
+    """Search result for P particles and K classes (arrays on the compute device)."""
+
+    class_post: object  # (P, K) class posteriors
+    score: object  # (P, K) class evidence (best or log-marginal over poses)
+    best_val: object  # (P, K) log-likelihood ratio (+ shift prior) at the best pose
+    shift: object  # (P, K, 2) best shift per class, in lattice steps
+    psi: object  # (P, K) best rotation index per class
+    local: tuple | None = None  # coarse-to-fine, marginal: (weights, shifts, psis)
+    exhaustive: object | None = None  # exhaustive, marginal: estep.Posteriors
+    flops: float = 0.0
+
+
+class PoseSearch:
+    """Everything one iteration's pose search needs, computed once.
+
+    Parameters
+    ----------
+    classes : real (K, m, m) class images on the device
+    sigma2 : (n_shells,) noise variance used by this iteration
+    geom : Geometry of the run
+    force_max : bool
+    pad : int, padding factor of the reference rotation
+    real_dtype : float32 or float64
+    """
+
+    def __init__(self, classes, sigma2, geom, force_max: bool, pad: int = 2,
+                 real_dtype=np.float32):
+        xp = array_namespace(classes)
+        self.xp, self.geom, self.force_max = xp, geom, force_max
+        self.rdt = real_dtype
+        cdt = np.complex64 if real_dtype == np.float32 else np.complex128
+        self.k = k = classes.shape[0]
+        self.n_psi = n_psi = geom.psi_rad.size
+        m = geom.n_coeffs
+        refs = rotate_coefficients(classes, geom.ky, geom.kx, geom.psi_rad, pad)
+        self.align = xp.asarray(geom.align)
+        self.refs3_a = xp.ascontiguousarray(refs[:, :, self.align])  # (K, n_psi, M_a)
+        self.refs = refs.reshape(k * n_psi, m)  # (K n_psi, M)
+        self.shell = xp.asarray(geom.shell)
+        self.inv_s2 = xp.asarray((1.0 / sigma2[geom.shell]).astype(real_dtype))
+        inv_s2w = xp.asarray(geom.herm.astype(real_dtype)) * self.inv_s2
+        self.inv_s2w_a = inv_s2w[self.align]
+        self.lp_class = xp.zeros(k)
+        self.c2f = geom.search_mode == "coarse_to_fine"
+        step = geom.shift_step_px
+        if self.c2f:
+            self.coarse = xp.asarray(geom.coarse)
+            self.refs_c = xp.ascontiguousarray(
+                self.refs.reshape(k, n_psi, m)[:, ::2][:, :, self.coarse]).reshape(
+                    -1, geom.coarse.size)
+            self.ab_c = xp.asarray(np.rint(geom.shifts_coarse_px / step).astype(np.int64))
+            self.phases_c = shift_phases(geom.ky[geom.coarse], geom.kx[geom.coarse],
+                                         geom.shifts_coarse_px, geom.work_box, xp, dtype=cdt)
+            self.lp_c = xp.asarray(geom.log_prior_shift_coarse.astype(real_dtype))
+            self.inv_s2w_c = inv_s2w[self.coarse]
+            self.n_t, self.n_r = geom.shifts_coarse_px.shape[0], k * n_psi // 2
+        else:
+            self.ab_f = xp.asarray(np.rint(geom.shifts_px / step).astype(np.int64))
+            self.phases = shift_phases(geom.ky, geom.kx, geom.shifts_px, geom.work_box, xp,
+                                       dtype=cdt)
+            self.phases_a = xp.ascontiguousarray(self.phases[:, self.align])
+            self.lp_shift = xp.asarray(geom.log_prior_shift.astype(real_dtype))
+            self.n_t, self.n_r = geom.shifts_px.shape[0], k * n_psi
+        reach = int(np.ceil(np.abs(geom.shifts_px).max() / step)) + 2
+        self.tx, self.ty = estep.lattice_tables(geom.ky, geom.kx, geom.work_box, step, reach,
+                                                xp, dtype=cdt)
+        self.tx_a = xp.ascontiguousarray(self.tx[:, self.align])
+        self.ty_a = xp.ascontiguousarray(self.ty[:, self.align])
+        d9 = np.array([[dx, dy] for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+        self.s_local = estep.lattice_phases(self.tx, self.ty, xp.asarray(d9))  # (9, M)
+
+    def chunk_size(self, requested: int) -> int:
+        """Particles per chunk that keep the largest temporaries bounded."""
+        chunk = max(1, min(requested, 24_000_000 // max(1, self.n_t * self.n_r)))
+        if self.c2f:  # the local refinement holds (P, K, N, 3, M_a) complex values
+            chunk = max(1, min(chunk, 6_000_000 // max(
+                1, 9 * N_COARSE * self.k * self.geom.align.size)))
+        return chunk
+
+    def search(self, y, ctf, timer=None) -> ChunkPoses:
+        """Class posteriors and best poses of a chunk.
+
+        Parameters
+        ----------
+        y : complex (P, M) particle coefficients; ctf : real (P, M)
+        timer : callable(name), optional, called after the coarse and fine stages
+        """
+        if self.c2f:
+            return self._search_c2f(y, ctf, timer)
+        k = self.k
+        ll = estep.pose_loglik(y[:, self.align], ctf[:, self.align], self.inv_s2w_a,
+                               self.refs3_a.reshape(k * self.n_psi, -1), self.phases_a)
+        post = estep.posteriors(ll, k, self.lp_shift, self.lp_class, self.force_max)
+        del ll
+        if timer:
+            timer("t_fine")
+        return ChunkPoses(post.class_post, post.class_score, post.best_loglik,
+                          self.ab_f[post.best_shift], post.best_psi,
+                          exhaustive=None if self.force_max else post,
+                          flops=gemm_flops(y.shape[0], self.n_t, self.geom.align.size,
+                                           self.n_r))
+
+    def _search_c2f(self, y, ctf, timer) -> ChunkPoses:
+        xp, k, p = self.xp, self.k, y.shape[0]
+        ll_c = estep.pose_loglik(y[:, self.coarse], ctf[:, self.coarse], self.inv_s2w_c,
+                                 self.refs_c, self.phases_c)
+        t_top, psi_top = estep.top_coarse_poses(ll_c, k, self.lp_c, N_COARSE)  # (P, K, N)
+        del ll_c
+        flops = gemm_flops(p, self.n_t, self.geom.coarse.size, self.n_r)
+        if timer:
+            timer("t_coarse")
+        nb = t_top.shape[2]
+        a = self.align
+        z = xp.conj(y[:, a]) * (ctf[:, a] * self.inv_s2w_a[None])
+        ctf2w = ctf[:, a] ** 2 * self.inv_s2w_a[None]
+        cls_of = xp.broadcast_to(xp.arange(k)[None, :, None], t_top.shape).reshape(p, k * nb)
+        ll, cand_t, cand_psi = estep.refine_local(
+            z, ctf2w, self.refs3_a, self.tx_a, self.ty_a,
+            self.ab_c[t_top].reshape(p, k * nb, 2), 2 * psi_top.reshape(p, k * nb),
+            self.geom.sigma_shift_px / self.geom.shift_step_px, cls=cls_of)
+        flat = ll.reshape(p, k, 27 * nb)  # local fine poses per class
+        cand_t = cand_t.reshape(p, k, nb, 9, 2)
+        cand_psi = cand_psi.reshape(p, k, nb, 3)
+        arg = flat.argmax(axis=2)
+        best_val = xp.take_along_axis(flat, arg[..., None], axis=2)[..., 0]
+        local = None
+        if self.force_max:
+            score = best_val
+        else:  # overlapping neighbourhoods count once each: a small, documented bias
+            score = estep.logsumexp(flat, axis=2)
+            local = (xp.exp(flat - score[..., None]), cand_t, cand_psi)
+        logits = score.astype(np.float64) + self.lp_class[None]
+        cp = xp.exp(logits - logits.max(axis=1, keepdims=True))
+        cp /= cp.sum(axis=1, keepdims=True)
+        ar2, kk = xp.arange(p)[:, None], xp.arange(k)[None, :]
+        shift = cand_t[ar2, kk, arg // 27, arg % 9]  # (P, K, 2)
+        psi = cand_psi[ar2, kk, arg // 27, (arg % 27) // 9]  # (P, K)
+        flops += p * k * nb * (8.0 * 27 + 12.0) * self.geom.align.size
+        if timer:
+            timer("t_fine")
+        return ChunkPoses(cp, score, best_val, shift, psi, local=local, flops=flops)
+
+    def backproject(self, num_bins, den_bins, y, ctf, poses: ChunkPoses, weights, half):
+        """Add a chunk to the particle-frame bins ``(half, class, psi)`` (in place).
+
+        ``weights`` (P, K) are the class weights of the M-step (the posteriors, or one-hot
+        for hard classification). Best pose per class, or the local/exhaustive pose
+        marginal when the search was run without force max.
+        """
+        xp, k, n_psi = self.xp, self.k, self.n_psi
+        g = (ctf * y) * self.inv_s2  # noise-weighted; the scale cancels in the Wiener filter
+        ctf2 = (ctf * ctf) * self.inv_s2
+        if poses.local is None and poses.exhaustive is None:
+            ii, kc = xp.nonzero(weights > P_MIN)
+            if ii.size:
+                bins = (half[ii] * k + kc) * n_psi + poses.psi[ii, kc]
+                estep.accumulate_pairs(num_bins, den_bins, g, ctf2, ii, bins,
+                                       estep.lattice_phases(self.tx, self.ty,
+                                                            poses.shift[ii, kc]),
+                                       weights[ii, kc])
+        elif poses.local is not None:
+            # the 9 local shifts of one (class, candidate, psi) fold into one row:
+            # sum_e w_e conj(S_{ab+d_e}) = conj(S_ab) (W @ conj(S_d))
+            wloc, cand_t, cand_psi = poses.local
+            p, nb = y.shape[0], cand_t.shape[2]
+            wl = (weights[:, :, None] * wloc).reshape(p, k, nb, 3, 9)
+            wsum = wl.sum(axis=-1)  # (P, K, nb, 3)
+            ii, kc, cb, dd = xp.nonzero(wsum > P_MIN)
+            if ii.size:
+                bins = (half[ii] * k + kc) * n_psi + cand_psi[ii, kc, cb, dd]
+                phase_rows = (estep.lattice_phases(self.tx, self.ty, cand_t[ii, kc, cb, 4])
+                              * (wl[ii, kc, cb, dd] @ self.s_local))  # S_ab (W @ S_d)
+                estep.accumulate_pairs(num_bins, den_bins, g, ctf2, ii, bins, phase_rows,
+                                       xp.ones(ii.size, dtype=self.rdt),
+                                       wsum[ii, kc, cb, dd])
+        else:
+            estep.accumulate_marginal(num_bins, den_bins, g, ctf2, self.phases,
+                                      poses.exhaustive, half, weights)
+
+    def residual_power(self, y, ctf, cls, shift, psi):
+        """Per-shell ``sum |Y - CTF S_t R_psi A_k|^2`` at the given poses (lattice shifts)."""
+        return estep.residual_power_at(y, ctf, self.refs[cls * self.n_psi + psi],
+                                       estep.lattice_phases(self.tx, self.ty, shift),
+                                       self.shell, self.geom.n_shells)
