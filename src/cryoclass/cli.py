@@ -338,7 +338,12 @@ def cmd_simulate(args, comm) -> int:
 
 
 def _load_inputs(args, cfg, comm):
-    """Rank 0 loads and validates; the others load metadata once rank 0 says it is good."""
+    """Rank 0 reads and validates the particle set and sends every rank its own slice.
+
+    Only rank 0 (which writes the outputs) holds the whole table; the other ranks hold
+    the metadata of their own particles.
+    """
+    from cryoclass.em import shard_table
     from cryoclass.io.particles import load_particles
 
     err = None
@@ -353,9 +358,12 @@ def _load_inputs(args, cfg, comm):
     err = comm.bcast(err)
     if err is not None:
         raise InputError(err)
-    if comm.rank != 0:
-        table = load_particles(args.particles, ctf=cfg.ctf.correct,
-                               project_dir=args.project_dir, check_images=False)
+    if comm.size > 1:
+        if comm.rank == 0:
+            for r in range(1, comm.size):
+                comm.send(shard_table(table, comm.size, r), r, 0x7AB1)
+        else:
+            table = comm.recv(0, 0x7AB1)
     return table
 
 
@@ -490,7 +498,8 @@ def run_classify(args, cfg, comm) -> int:
         devs = [int(d) for d in cfg.compute.devices.split(",") if d.strip()] or None
         select_device(local_rank(comm), devs)
     logger.info("cryoclass %s: %d particles from %s, %d classes, %d rank(s), backend %s",
-                __version__, len(table), args.particles, cfg.classify.n_classes, comm.size,
+                __version__, getattr(table, "n_total", len(table)), args.particles,
+                cfg.classify.n_classes, comm.size,
                 xp.__name__)
     ckpt = outdir / "checkpoint.h5"
     state = None

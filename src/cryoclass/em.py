@@ -132,8 +132,9 @@ def load_shard(table, geom: Geometry, comm: Comm, seed: int, xp: ModuleType,
     memory-mapped file ``scratch_dir/cryoclass-rank<r>-<pid>.npy`` (deleted at exit), so a
     shard larger than the memory is paged from a node-local disk.
     """
-    n = len(table)
+    n = table_size(table)
     start, stop = block_range(n, comm.size, comm.rank)
+    offset = getattr(table, "row_offset", 0)  # a rank's slice starts at its own first row
     source = table.image_source()
     cdt = np.complex64 if real_dtype == np.float32 else np.complex128
     shape = (stop - start, geom.n_coeffs)
@@ -143,14 +144,41 @@ def load_shard(table, geom: Geometry, comm: Comm, seed: int, xp: ModuleType,
         coeffs = xp.empty(shape, dtype=cdt)
     with Bar(stop - start, "read + preprocess (rank 0)", show_progress) as bar:
         for sl in chunks(stop - start, read_block):
-            rows = np.arange(start + sl.start, start + sl.stop)
+            rows = np.arange(start + sl.start, start + sl.stop) - offset
             imgs = xp.asarray(source.read(rows))
             coeffs[sl] = preprocess(imgs, geom, real_dtype)
             bar.update(rows.size)
-    meta = table.meta.iloc[start:stop]
+    meta = table.meta.iloc[start - offset:stop - offset]
     params = np.stack([meta[f].to_numpy(dtype=np.float64) for f in CTF_FIELDS], axis=1)
     half = xp.asarray(half_sets(n, seed)[start:stop])
     return Shard(start, stop, coeffs, params, half, n)
+
+
+def table_size(table) -> int:
+    """Return the size of the whole set (a rank's slice knows it as ``n_total``)."""
+    return int(getattr(table, "n_total", len(table)))
+
+
+def shard_table(table, size: int, rank: int):
+    """Cut out the rows of ``table`` that ``rank`` of ``size`` owns, to send to that rank.
+
+    The slice keeps the metadata the engine needs (CTF, image paths) and records its
+    first row (``row_offset``) and the size of the whole set (``n_total``); the raw input
+    tables stay with rank 0, which writes the outputs.
+    """
+    import dataclasses
+
+    n = len(table)
+    start, stop = block_range(n, size, rank)
+    fields = {f.name for f in dataclasses.fields(table)} if dataclasses.is_dataclass(
+        table) else set()
+    repl = {"meta": table.meta.iloc[start:stop].reset_index(drop=True)}
+    repl.update({name: None for name in ("star_blocks", "cs_array") if name in fields})
+    part = dataclasses.replace(table, **repl)
+    part.row_offset = start
+    part.n_total = n
+    part.pixel_size_A = float(table.meta["pixel_size_A"].iloc[0])  # also for empty slices
+    return part
 
 
 def scratch_array(folder: Path, rank: int, shape: tuple, dtype) -> np.ndarray:
@@ -535,13 +563,16 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
     t0 = time.perf_counter()
     c = cfg.classify
     k = c.n_classes
-    n = len(table)
+    n = table_size(table)
     if k > n:
         from cryoclass.errors import InputError
 
         raise InputError(f"{k} classes requested but the particle set has only {n} "
                          "particles: use --classes <= the number of particles")
-    geom = make_geometry(table.box_px, float(table.meta["pixel_size_A"].iloc[0]), cfg)
+    pixel_A = getattr(table, "pixel_size_A", None)
+    if pixel_A is None:
+        pixel_A = float(table.meta["pixel_size_A"].iloc[0])
+    geom = make_geometry(table.box_px, pixel_A, cfg)
     show = comm.rank == 0 and cfg.output.progress
     shard = load_shard(table, geom, comm, c.seed, xp, show_progress=show,
                        real_dtype=dtypes(cfg)[0], scratch_dir=cfg.compute.scratch_dir)
