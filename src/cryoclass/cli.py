@@ -470,6 +470,17 @@ class _StopFlag:
         return self.signal is not None
 
 
+def log_peak_memory(comm) -> list[float]:
+    """Log every rank's peak resident memory (MB) on rank 0; returns the list there."""
+    import resource
+
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
+    peaks = comm.gather(peak_mb)
+    if comm.rank == 0:
+        logger.info("peak memory per rank (MB): %s", ", ".join(f"{p:.0f}" for p in peaks))
+    return peaks or []
+
+
 def cmd_classify(args, comm) -> int:
     """Run the classification."""
     return run_classify(args, resolve_config(args), comm)
@@ -534,6 +545,7 @@ def run_classify(args, cfg, comm) -> int:
                 diag.close()
         prov = provenance(sys.argv, comm.size, xp.__name__, args.particles)
         write_outputs(outdir, table, result, cfg, prov, comm)
+        log_peak_memory(comm)
         if comm.rank == 0:
             from cryoclass.report import build_report
 
