@@ -475,10 +475,20 @@ def log_peak_memory(comm) -> list[float]:
     import resource
 
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
-    peaks = comm.gather(peak_mb)
+    now = {}
+    try:  # anonymous (heap) vs file-backed (memory-mapped stacks, scratch) pages, now
+        for line in open("/proc/self/status"):
+            if line.startswith(("RssAnon:", "RssFile:")):
+                now[line.split(":")[0]] = float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    rows = comm.gather((peak_mb, now.get("RssAnon", float("nan")),
+                        now.get("RssFile", float("nan"))))
     if comm.rank == 0:
-        logger.info("peak memory per rank (MB): %s", ", ".join(f"{p:.0f}" for p in peaks))
-    return peaks or []
+        logger.info("peak memory per rank (MB): %s; at the end, anonymous / file-backed "
+                    "(MB): %s", ", ".join(f"{r[0]:.0f}" for r in rows),
+                    ", ".join(f"{r[1]:.0f}/{r[2]:.0f}" for r in rows))
+    return [r[0] for r in rows] if rows else []
 
 
 def cmd_classify(args, comm) -> int:
