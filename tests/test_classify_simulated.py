@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
+from cryoclass.evaluate import rotationally_ambiguous
 from cryoclass.numerics.fourier import crop_fourier, radius_grid, to_fourier, to_real
 from cryoclass.numerics.transforms import rotate_images
 from cryoclass.simulate import SimulationParams, simulate_dataset
@@ -69,16 +70,6 @@ def test_species_separate_and_junk_segregates(run):
     junk = sp < 0
     in_junk = np.isin(cls[junk], [j for j, (lab, f) in owner.items() if lab < 0])
     assert in_junk.mean() >= 0.5, f"only {in_junk.mean():.1%} of junk in junk classes"
-
-
-def rotationally_ambiguous(img, threshold=0.85):
-    """True when a rotation by 30-330 degrees maps the projection nearly onto itself."""
-    angles = np.deg2rad(np.arange(30, 331, 5))
-    rots = rotate_images(np.repeat(img[None], angles.size, 0), angles)
-    a = img - img.mean()
-    return max(float(((r - r.mean()) * a).sum() / (np.linalg.norm(r - r.mean())
-                                                      * np.linalg.norm(a))) for r in rots
-               ) > threshold
 
 
 def test_psi_offsets_are_constant_within_classes(run):
