@@ -77,3 +77,14 @@ def test_with_fields_replaces_in_place_and_appends():
     assert out.dtype["blob/idx"] == np.int64 and out["blob/idx"].tolist() == [7, 8, 9]
     assert out["alignments2D/shift"].shape == (3, 2)
     np.testing.assert_array_equal(out["blob/path"], arr["blob/path"])
+
+
+def test_common_dtype_takes_the_widest_bytes_and_refuses_mismatches():
+    from cryoclass.io.cs import common_dtype
+
+    a = np.dtype([("uid", "<u8"), ("blob/path", "S10"), ("s", "<f4", (2,))])
+    b = np.dtype([("uid", "<u8"), ("blob/path", "S25"), ("s", "<f4", (2,))])
+    got = common_dtype([a, b, a])
+    assert got["blob/path"] == np.dtype("S25") and got["s"].shape == (2,)
+    with pytest.raises(ValueError, match="uid"):
+        common_dtype([a, np.dtype([("uid", "<u4"), ("blob/path", "S10"), ("s", "<f4", (2,))])])

@@ -338,48 +338,32 @@ def cmd_simulate(args, comm) -> int:
 
 
 def _load_inputs(args, cfg, comm):
-    """Rank 0 reads and validates the particle set and sends every rank its own slice.
+    """Every rank reads and checks its own slice of the particle set (collective).
 
-    Only rank 0 (which writes the outputs) holds the whole table; the other ranks hold
-    the metadata of their own particles.
+    Rank 0 indexes the file; no rank holds the whole table. An input error found on any
+    rank is raised on every rank, so the job stops before iteration 1 with one message.
     """
-    from cryoclass.em import shard_table
     from cryoclass.io.particles import load_particles
 
-    err = None
-    table = None
-    if comm.rank == 0:
-        try:
-            table = load_particles(args.particles, ctf=cfg.ctf.correct,
-                                   project_dir=args.project_dir, check_images=True)
-            check_table(table, cfg)
-        except CryoclassError as exc:
-            err = str(exc)
-    err = comm.bcast(err)
-    if err is not None:
-        raise InputError(err)
-    if comm.size > 1:
-        if comm.rank == 0:
-            for r in range(1, comm.size):
-                comm.send(shard_table(table, comm.size, r), r, 0x7AB1)
-        else:
-            table = comm.recv(0, 0x7AB1)
+    table = load_particles(args.particles, ctf=cfg.ctf.correct, project_dir=args.project_dir,
+                           check_images=True, comm=comm)
+    check_table(table, cfg)
     return table
 
 
 def check_table(table, cfg) -> None:
-    """Check what needs both the particles and the config."""
-    n = len(table)
+    """Check what needs both the particles and the config (same outcome on every rank)."""
+    n = table.n_total
     k = cfg.classify.n_classes
     if n == 0:
         raise InputError(f"{table.source_path}: no particles")
     if k > n:
         raise InputError(f"{k} classes requested but {table.source_path} has only {n} "
                          "particles: use --classes <= the number of particles")
-    ps = table.meta["pixel_size_A"].to_numpy()
-    if (abs(ps - ps[0]) > 1e-3 * ps[0]).any():
+    lo, hi = table.pixel_size_range_A
+    if hi - lo > 1e-3 * table.pixel_size_A:
         raise InputError(f"{table.source_path}: particles have different pixel sizes "
-                         f"({ps.min():.4f}-{ps.max():.4f} Å); classify each set separately")
+                         f"({lo:.4f}-{hi:.4f} Å); classify each set separately")
     if cfg.duplicates.remove is True and not table.has_locations:
         raise InputError(f"{table.source_path}: duplicate removal needs rlnMicrographName "
                          "and rlnCoordinateX/Y (or location/* in .cs): run with "
@@ -507,8 +491,8 @@ def run_classify(args, cfg, comm) -> int:
     table = _load_inputs(args, cfg, comm)
     if args.validate_only:
         if comm.rank == 0:
-            print(f"{args.particles}: {len(table)} particles, box {table.box_px} px, "
-                  f"{table.meta['pixel_size_A'].iloc[0]:.4f} Å/px; config OK")
+            print(f"{args.particles}: {table.n_total} particles, box {table.box_px} px, "
+                  f"{table.pixel_size_A:.4f} Å/px; config OK")
         return 0
     if comm.rank == 0:
         outdir.mkdir(parents=True, exist_ok=True)
@@ -519,7 +503,7 @@ def run_classify(args, cfg, comm) -> int:
         devs = [int(d) for d in cfg.compute.devices.split(",") if d.strip()] or None
         select_device(local_rank(comm), devs)
     logger.info("cryoclass %s: %d particles from %s, %d classes, %d rank(s), backend %s",
-                __version__, getattr(table, "n_total", len(table)), args.particles,
+                __version__, table.n_total, args.particles,
                 cfg.classify.n_classes, comm.size,
                 xp.__name__)
     ckpt = outdir / "checkpoint.h5"

@@ -15,6 +15,7 @@ so all hold the same class averages. Rank 0 keeps the history and writes outputs
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from cryoclass.parallel.partition import (
     half_sets,
     local_members,
 )
+from cryoclass.parallel.stats import grouped_median
 from cryoclass.progress import Bar
 
 logger = logging.getLogger(__name__)
@@ -150,35 +152,13 @@ def load_shard(table, geom: Geometry, comm: Comm, seed: int, xp: ModuleType,
             bar.update(rows.size)
     meta = table.meta.iloc[start - offset:stop - offset]
     params = np.stack([meta[f].to_numpy(dtype=np.float64) for f in CTF_FIELDS], axis=1)
-    half = xp.asarray(half_sets(n, seed)[start:stop])
+    half = xp.asarray(half_sets(start, stop, n, seed))
     return Shard(start, stop, coeffs, params, half, n)
 
 
 def table_size(table) -> int:
     """Return the size of the whole set (a rank's slice knows it as ``n_total``)."""
     return int(getattr(table, "n_total", len(table)))
-
-
-def shard_table(table, size: int, rank: int):
-    """Cut out the rows of ``table`` that ``rank`` of ``size`` owns, to send to that rank.
-
-    The slice keeps the metadata the engine needs (CTF, image paths) and records its
-    first row (``row_offset``) and the size of the whole set (``n_total``); the raw input
-    tables stay with rank 0, which writes the outputs.
-    """
-    import dataclasses
-
-    n = len(table)
-    start, stop = block_range(n, size, rank)
-    fields = {f.name for f in dataclasses.fields(table)} if dataclasses.is_dataclass(
-        table) else set()
-    repl = {"meta": table.meta.iloc[start:stop].reset_index(drop=True)}
-    repl.update({name: None for name in ("star_blocks", "cs_array") if name in fields})
-    part = dataclasses.replace(table, **repl)
-    part.row_offset = start
-    part.n_total = n
-    part.pixel_size_A = float(table.meta["pixel_size_A"].iloc[0])  # also for empty slices
-    return part
 
 
 def scratch_array(folder: Path, rank: int, shape: tuple, dtype) -> np.ndarray:
@@ -517,7 +497,12 @@ def m_step(state: ModelState, num: np.ndarray, den: np.ndarray, geom: Geometry, 
 
 @dataclass
 class RunResult:
-    """Everything the outputs need (complete on rank 0; class data on all ranks)."""
+    """Everything the outputs need: class data on every rank, each rank's own particles.
+
+    ``local`` holds this rank's particles (rows ``start`` to ``start + n_local`` of the
+    set); ``particles`` is the whole set in a one-rank run (None otherwise: use
+    :meth:`gather_particles`, which costs memory for all N on rank 0).
+    """
 
     geom: Geometry
     state: ModelState
@@ -531,6 +516,17 @@ class RunResult:
     local: ParticleResults | None = None  # this rank's particles (rows start..)
     start: int = 0
     n_total: int = 0
+
+    def gather_particles(self, comm: Comm) -> ParticleResults | None:
+        """Return every particle's results on rank 0 (None elsewhere); collective.
+
+        For tests and small runs: the outputs are written from each rank's own particles.
+        """
+        parts = comm.gather(self.local)
+        if comm.rank != 0:
+            return None
+        return ParticleResults(*(np.concatenate([getattr(p, f.name) for p in parts])
+                                 for f in dataclasses.fields(ParticleResults)))
 
 
 class StopRequested(Exception):
@@ -681,7 +677,7 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
 def finish(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, comm: Comm,
            final: IterationOutput, com: np.ndarray, alpha: np.ndarray,
            timings: dict) -> RunResult:
-    """Gather per-particle results, move poses with their recentred classes, sort."""
+    """Move poses with their recentred classes, sort classes, per-class statistics."""
     k = cfg.classify.n_classes
     # poses follow the final recentring (shift by R(psi) com) and verticalization (+alpha)
     psi = geom.psi_rad[final.psi_idx] + alpha[final.cls]
@@ -694,7 +690,6 @@ def finish(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, comm: C
     local = {"cls": final.cls, "pmax": final.pmax, "ess": final.ess,
              "psi": np.mod(psi, 2 * np.pi), "shift": t * scale, "score": final.score,
              "half": to_host(shard.half)}
-    parts = comm.gather(local)
     counts_all = np.bincount(final.cls, minlength=k).astype(np.float64)
     counts_all = comm.allreduce_sum(counts_all)
     if cfg.classify.sort_by_size:
@@ -710,21 +705,15 @@ def finish(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, comm: C
         state.num, state.den = state.num[:, order], state.den[:, order]
     counts = counts_all[order]
     frc_res = mstep.frc_resolution(state.frc, geom.shell_res_A)
-    particles = None
-    median_ess = np.full(k, np.nan)
-    mean_post = np.full(k, np.nan)
-    if comm.rank == 0:
-        cat = {key: np.concatenate([p[key] for p in parts]) for key in local}
-        cls = inv[cat["cls"]]
-        particles = ParticleResults(cls, cat["pmax"], cat["ess"], cat["psi"], cat["shift"],
-                                    cat["score"], cat["half"])
-        for j in range(k):
-            sel = cls == j
-            if sel.any():
-                median_ess[j] = float(np.median(cat["ess"][sel]))
-                mean_post[j] = float(np.mean(cat["pmax"][sel]))
-    median_ess, mean_post = comm.bcast((median_ess, mean_post))
-    mine = ParticleResults(inv[local["cls"]], local["pmax"], local["ess"], local["psi"],
+    # per-class statistics over all ranks, without gathering the particles
+    cls = inv[local["cls"]]
+    median_ess = grouped_median(local["ess"], cls, k, comm)
+    post_sum = comm.allreduce_sum(np.bincount(cls, weights=local["pmax"], minlength=k)[:k]
+                                  .astype(np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_post = np.where(counts > 0, post_sum / np.maximum(counts, 1), np.nan)
+    mine = ParticleResults(cls, local["pmax"], local["ess"], local["psi"],
                            local["shift"], local["score"], local["half"])
+    particles = mine if comm.size == 1 else None
     return RunResult(geom, state, particles, order, counts, frc_res, median_ess, mean_post,
                      timings, mine, shard.start, shard.n_total)

@@ -48,8 +48,17 @@ def class_images_full_box(classes: np.ndarray, box_px: int) -> np.ndarray:
     return to_real(pad_fourier(to_fourier(classes), m, box_px), box_px).astype(np.float32)
 
 
-def duplicate_mask(table, result: RunResult, cfg: Config) -> np.ndarray | None:
-    """Rejected-duplicate flags (N,), or None when duplicate removal is off/impossible."""
+def duplicate_mask(table, result: RunResult, cfg: Config, comm=None) -> np.ndarray | None:
+    """Return this rank's rejected-duplicate flags (n_local,), or None when removal is off.
+
+    Collective. Each particle's modelled centre (picked location + found shift) goes to
+    the rank that owns its micrograph (a hash of the name), which finds the duplicates
+    among its micrographs' particles; the flags come back. No rank holds every particle,
+    and the result equals one process's :func:`find_duplicates` on the whole set.
+    """
+    from cryoclass.parallel.comm import Comm
+
+    comm = comm if comm is not None else Comm(None)
     want = cfg.duplicates.remove
     if want is False:
         return None
@@ -58,22 +67,70 @@ def duplicate_mask(table, result: RunResult, cfg: Config) -> np.ndarray | None:
             from cryoclass.errors import InputError
 
             raise InputError("duplicate removal needs micrograph names and coordinates")
-        logger.info("duplicate removal skipped: the particles have no picked locations")
+        if comm.rank == 0:
+            logger.info("duplicate removal skipped: the particles have no picked locations")
         return None
-    p = result.particles
+    p = result.local
     meta = table.meta
     x = meta["location_x_px"].to_numpy() + p.shift_px[:, 0]
     y = meta["location_y_px"].to_numpy() + p.shift_px[:, 1]
     min_px = cfg.duplicates.min_separation_A / result.geom.pixel_size_A
-    rej = find_duplicates(meta["micrograph"].to_numpy(), x, y, p.score, min_px)
-    logger.info("duplicate removal: %d of %d particles rejected (min separation %.1f Å)",
-                int(rej.sum()), rej.size, cfg.duplicates.min_separation_A)
+    rej = find_duplicates_distributed(comm, meta["micrograph"].to_numpy(dtype=object), x, y,
+                                      p.score, min_px, result.start)
+    n_rej = int(comm.allreduce_sum(np.array([float(rej.sum())]))[0])
+    if comm.rank == 0:
+        logger.info("duplicate removal: %d of %d particles rejected (min separation %.1f Å)",
+                    n_rej, result.n_total, cfg.duplicates.min_separation_A)
     return rej
 
 
+def find_duplicates_distributed(comm, micrograph: np.ndarray, x_px: np.ndarray,
+                                y_px: np.ndarray, score: np.ndarray, min_separation_px: float,
+                                row0: int) -> np.ndarray:
+    """:func:`find_duplicates` over all ranks' particles; returns this rank's flags.
+
+    Parameters are this rank's particles (rows ``row0`` onwards of the set); collective.
+    """
+    import zlib
+
+    import pandas as pd
+
+    if comm.size == 1:
+        return find_duplicates(micrograph, x_px, y_px, score, min_separation_px)
+    codes, names = pd.factorize(micrograph)
+    owner = np.array([zlib.crc32(str(m).encode()) % comm.size for m in names],
+                     dtype=np.int64)[codes] if len(names) else np.zeros(0, np.int64)
+    rows = np.arange(row0, row0 + len(codes))
+    out = []
+    for r in range(comm.size):
+        sel = np.flatnonzero(owner == r)
+        c, u = pd.factorize(codes[sel])
+        out.append((rows[sel], [names[j] for j in u], c, x_px[sel], y_px[sel], score[sel]))
+    got = comm.alltoall(out)
+    g_rows = np.concatenate([g[0] for g in got])
+    g_mic = np.concatenate([np.asarray(g[1], dtype=object)[g[2]] if len(g[2]) else
+                            np.zeros(0, dtype=object) for g in got])
+    g_x, g_y, g_s = (np.concatenate([g[k] for g in got]) for k in (3, 4, 5))
+    order = np.argsort(g_rows, kind="stable")  # input order, as one process sees it
+    rej = np.zeros(g_rows.size, dtype=bool)
+    if order.size:
+        rej[order] = find_duplicates(g_mic[order], g_x[order], g_y[order], g_s[order],
+                                     min_separation_px)
+    sizes = comm.allgather(len(codes))
+    starts = np.concatenate([[0], np.cumsum(sizes)]) + row0 - sum(sizes[:comm.rank])
+    rejected_rows = g_rows[rej]
+    back = comm.alltoall([rejected_rows[(rejected_rows >= starts[r])
+                                        & (rejected_rows < starts[r + 1])]
+                          for r in range(comm.size)])
+    mask = np.zeros(len(codes), dtype=bool)
+    for part in back:
+        mask[part - row0] = True
+    return mask
+
+
 def alignment_columns(result: RunResult, ctf_off: bool) -> dict[str, np.ndarray]:
-    """Per-particle alignment for the STAR/CS writers."""
-    p = result.particles
+    """Return this rank's per-particle alignment for the STAR/CS writers."""
+    p = result.local
     ps = result.geom.pixel_size_A
     return {
         "class_index": p.class_index.astype(np.int64),
@@ -108,7 +165,8 @@ def write_run_h5(path: Path, result: RunResult, cfg: Config, provenance: dict,
                  duplicate: np.ndarray | None, comm=None) -> str:
     """Write run.h5 atomically, collectively over ``comm`` (all ranks call it).
 
-    Each rank contributes its own particles (``result.local``); the class data, history,
+    Each rank contributes its own particles (``result.local``) and their duplicate flags
+    (``duplicate``, this rank's, or None); the class data, history,
     config and provenance must be identical on every rank (the caller broadcasts them).
     Returns the writer used ("parallel" or "gather").
     """
@@ -117,10 +175,7 @@ def write_run_h5(path: Path, result: RunResult, cfg: Config, provenance: dict,
 
     comm = comm if comm is not None else Comm(None)
     g = result.geom
-    n_local = result.local.class_index.size
-    dup_local = (None if duplicate is None
-                 else duplicate[result.start:result.start + n_local])
-    local = particle_columns(result.local, g.pixel_size_A, dup_local)
+    local = particle_columns(result.local, g.pixel_size_A, duplicate)
 
     def shared(f):
         f.attrs["config_toml"] = to_toml(cfg)
@@ -170,83 +225,69 @@ def write_outputs(outdir: Path, table, result: RunResult, cfg: Config,
                   provenance: dict, comm=None) -> dict[str, Path]:
     """Write every output of a finished run; collective over ``comm`` (all ranks call it).
 
-    run.h5 is written by every rank (parallel HDF5 or the gathering fallback); the STAR,
-    CS, MRC and config files by rank 0. Returns the paths written (on rank 0).
+    Each rank passes its own slice of the particle set (``table``) and its own particles'
+    results: run.h5 (parallel HDF5 or the gathering fallback) and the particle STAR/CS
+    files are written collectively, in chunks, so no rank holds every particle; the
+    class averages and the config are rank 0's. Returns the paths written (on rank 0).
     """
     from cryoclass.parallel.comm import Comm
     from cryoclass.progress import Bar
 
     comm = comm if comm is not None else Comm(None)
     outdir = Path(outdir)
-    dup = duplicate_mask(table, result, cfg) if comm.rank == 0 else None
-    dup, provenance, history = comm.bcast((dup, provenance, result.state.history))
+    if comm.rank == 0:
+        outdir.mkdir(parents=True, exist_ok=True)
+    comm.barrier()
+    dup = duplicate_mask(table, result, cfg, comm)
+    provenance, history = comm.bcast((provenance, result.state.history))
     result.state.history = history  # identical on every rank (timings are rank 0's)
     write_run_h5(outdir / "run.h5", result, cfg, provenance, dup, comm)
-    if comm.rank != 0:
-        return {}
-    n_files = 3 if duplicate_mask_possible(table, cfg) else 2  # steps with a bar.update
-    with Bar(n_files, "write outputs", cfg.output.progress, unit="files") as bar:
-        return _write_outputs(outdir, table, result, cfg, dup, bar)
-
-
-def duplicate_mask_possible(table, cfg: Config) -> bool:
-    """Whether duplicate removal will run (so the rejected files are written)."""
-    return cfg.duplicates.remove is not False and bool(table.has_locations)
+    n_files = 4 if dup is not None else 3  # steps with a bar.update
+    with Bar(n_files, "write outputs", cfg.output.progress and comm.rank == 0,
+             unit="files") as bar:
+        bar.update(1)
+        paths = _write_outputs(outdir, table, result, cfg, dup, bar, comm)
+    return paths if comm.rank == 0 else {}
 
 
 def _write_outputs(outdir: Path, table, result: RunResult, cfg: Config,
-                   dup: np.ndarray | None, bar) -> dict[str, Path]:
+                   dup: np.ndarray | None, bar, comm) -> dict[str, Path]:
+    from cryoclass.io.interop import write_class_averages_cs, write_class_averages_star
     from cryoclass.io.mrc import write_stack
-    from cryoclass.io.particles import (
-        write_particles_cs,
-        write_particles_star,
-        write_subset_cs,
-        write_subset_star,
-    )
+    from cryoclass.io.particles import write_subset_cs, write_subset_star
     from cryoclass.io.star import atomic_output
 
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    align = alignment_columns(result, ctf_off=not cfg.ctf.correct)
-    paths["run.h5"] = outdir / "run.h5"
-    paths["class_averages.mrcs"] = outdir / "class_averages.mrcs"
-    write_stack(paths["class_averages.mrcs"],
-                class_images_full_box(result.state.classes, result.geom.box_px),
-                result.geom.pixel_size_A)
-    from cryoclass.io.interop import write_class_averages_cs, write_class_averages_star
-
-    project = getattr(table, "base_dir", None)
-    paths["class_averages.star"] = outdir / "class_averages.star"  # RELION --ref list
-    write_class_averages_star(paths["class_averages.star"], paths["class_averages.mrcs"],
-                              result.counts, result.frc_res_A, project_dir=project)
-    paths["class_averages.cs"] = outdir / "class_averages.cs"
-    write_class_averages_cs(paths["class_averages.cs"], paths["class_averages.mrcs"],
-                            result.geom.box_px, result.geom.pixel_size_A, result.frc_res_A,
-                            project_dir=project)
+    paths = {name: outdir / name for name in (
+        "run.h5", "class_averages.mrcs", "class_averages.star", "class_averages.cs",
+        "particles.star", "particles.cs", "config.toml")}
+    if comm.rank == 0:
+        write_stack(paths["class_averages.mrcs"],
+                    class_images_full_box(result.state.classes, result.geom.box_px),
+                    result.geom.pixel_size_A)
+        project = getattr(table, "base_dir", None)  # RELION --ref list, CryoSPARC dataset
+        write_class_averages_star(paths["class_averages.star"], paths["class_averages.mrcs"],
+                                  result.counts, result.frc_res_A, project_dir=project)
+        write_class_averages_cs(paths["class_averages.cs"], paths["class_averages.mrcs"],
+                                result.geom.box_px, result.geom.pixel_size_A,
+                                result.frc_res_A, project_dir=project)
+        with atomic_output(paths["config.toml"]) as fh:
+            fh.write(to_toml(cfg))
     bar.update(1)
-    keep = np.arange(len(table)) if dup is None else np.flatnonzero(~dup)
-    paths["particles.star"] = outdir / "particles.star"
-    paths["particles.cs"] = outdir / "particles.cs"
-    if dup is None:
-        write_particles_star(paths["particles.star"], table, align)
-        write_particles_cs(paths["particles.cs"], table, align)
-        bar.update(1)
-    else:
-        write_subset_star(paths["particles.star"], table, keep, align)
-        write_subset_cs(paths["particles.cs"], table, keep, align)
-        bar.update(1)
+    align = alignment_columns(result, ctf_off=not cfg.ctf.correct)
+    keep = None if dup is None else np.flatnonzero(~dup)
+    write_subset_star(paths["particles.star"], table, keep, align, comm)
+    write_subset_cs(paths["particles.cs"], table, keep, align, comm)
+    bar.update(1)
+    if dup is not None:
         rej = np.flatnonzero(dup)
-        paths["rejected_duplicates.star"] = outdir / "rejected_duplicates.star"
-        paths["rejected_duplicates.cs"] = outdir / "rejected_duplicates.cs"
-        write_subset_star(paths["rejected_duplicates.star"], table, rej, align)
-        write_subset_cs(paths["rejected_duplicates.cs"], table, rej, align)
+        for name in ("rejected_duplicates.star", "rejected_duplicates.cs"):
+            paths[name] = outdir / name
+        write_subset_star(paths["rejected_duplicates.star"], table, rej, align, comm)
+        write_subset_cs(paths["rejected_duplicates.cs"], table, rej, align, comm)
         bar.update(1)
-    paths["config.toml"] = outdir / "config.toml"
-    with atomic_output(paths["config.toml"]) as fh:
-        fh.write(to_toml(cfg))
-    logger.info("outputs written to %s: %s", outdir, ", ".join(sorted(p.name for p in
-                                                                       paths.values())))
+    if comm.rank == 0:
+        logger.info("outputs written to %s: %s", outdir,
+                    ", ".join(sorted(p.name for p in paths.values())))
     return paths
 
 

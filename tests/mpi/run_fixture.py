@@ -20,7 +20,7 @@ cfg = load_config(None, ["classify.n_classes=4", "classify.max_res_A=12",
                          "search.psi_step_deg=8", "mask.inner_diameter_A=160"])
 comm = Comm(MPI.COMM_WORLD)
 res = classify(table, cfg, comm)
+p = res.gather_particles(comm)
 if comm.rank == 0:
-    p = res.particles
     np.savez(sys.argv[1], cls=p.class_index, psi=p.psi_rad, shift=p.shift_px,
              post=p.class_posterior, classes=res.state.classes)

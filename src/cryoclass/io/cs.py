@@ -30,13 +30,15 @@ logger = logging.getLogger(__name__)
 __all__ = ["read_cs", "write_cs", "with_fields"]
 
 
-def read_cs(path: str | os.PathLike) -> np.ndarray:
+def read_cs(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
     """Read a CryoSPARC ``.cs`` file.
 
     Parameters
     ----------
     path
         The ``.cs`` file (``.npy`` format, any suffix).
+    mmap
+        Memory-map the file read-only instead of reading it (take slices of the result).
 
     Returns
     -------
@@ -52,7 +54,7 @@ def read_cs(path: str | os.PathLike) -> np.ndarray:
     if not os.path.isfile(path):
         raise InputError(f"{path}: CryoSPARC .cs file not found; check the path")
     try:
-        arr = np.load(path, allow_pickle=False)
+        arr = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except (ValueError, OSError, EOFError, pickle.UnpicklingError) as exc:
         raise InputError(
             f"{path}: not a readable CryoSPARC .cs file (numpy .npy structured array): {exc}"
@@ -81,7 +83,7 @@ def _storable(arr: np.ndarray) -> np.ndarray:
     return with_fields(arr, {n: _bytes_dtype(np.asarray(arr[n])) for n in bad})
 
 
-def write_cs(path: str | os.PathLike, arr: np.ndarray) -> None:
+def write_cs(path: str | os.PathLike, arr: np.ndarray, comm=None) -> None:
     """Write a structured array as a ``.cs`` file, atomically.
 
     The bytes are exactly those :func:`numpy.save` writes (no ``.npy`` suffix is added).
@@ -94,14 +96,86 @@ def write_cs(path: str | os.PathLike, arr: np.ndarray) -> None:
         Destination; replaced atomically.
     arr
         One-dimensional structured array.
+    comm : Comm, optional
+        Collective write (every rank calls it with its own rows, written in rank order):
+        the ranks agree on one dtype (the widest of each bytes field), rank 0 writes the
+        header and its rows, then every other rank's rows as they arrive in chunks, so no
+        rank holds the whole array. The file equals ``numpy.save`` of the concatenation.
     """
     if arr.dtype.names is None:
         raise ValueError("write_cs needs a structured array")
     arr = _storable(np.ascontiguousarray(arr))
-    Path(os.fspath(path)).parent.mkdir(parents=True, exist_ok=True)
+    path = os.fspath(path)
+    if comm is not None and comm.size > 1:
+        _write_cs_collective(path, arr, comm)
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path, "wb") as fh:
         np.save(fh, arr, allow_pickle=False)
-    logger.debug("wrote %s (%d rows)", os.fspath(path), len(arr))
+    logger.debug("wrote %s (%d rows)", path, len(arr))
+
+
+def common_dtype(dtypes: list[np.dtype]) -> np.dtype:
+    """One structured dtype for slices of one array: bytes fields take the widest width.
+
+    Every slice must have the same fields in the same order with the same kinds.
+    """
+    first = dtypes[0]
+    descr = []
+    for name in first.names:
+        subs = [dt[name] for dt in dtypes]
+        base, shape = subs[0].base, subs[0].shape
+        if base.kind == "S":
+            base = np.dtype(f"S{max(s.base.itemsize for s in subs)}")
+        elif any(s.base != base or s.shape != shape for s in subs):
+            raise ValueError(f"field {name} has different types on different ranks: "
+                             f"{sorted({str(s) for s in subs})}")
+        descr.append((name, base, shape))
+    if any(dt.names != first.names for dt in dtypes):
+        raise ValueError("the slices of one .cs array have different fields")
+    return np.dtype(descr)
+
+
+def _npy_header(dtype: np.dtype, n: int) -> bytes:
+    """Return the header :func:`numpy.save` writes for ``n`` items of ``dtype`` (1-D)."""
+    import io
+
+    from numpy.lib import format as npy
+
+    header = {"descr": npy.dtype_to_descr(dtype), "fortran_order": False, "shape": (n,)}
+    buf = io.BytesIO()
+    try:
+        npy.write_array_header_1_0(buf, header)
+    except ValueError:  # header over 64 KiB
+        buf = io.BytesIO()
+        npy.write_array_header_2_0(buf, header)
+    return buf.getvalue()
+
+
+_CS_TAG = 0x0C5A
+_CS_CHUNK_BYTES = 16 << 20
+
+
+def _write_cs_collective(path: str, arr: np.ndarray, comm) -> None:
+    dtype = common_dtype(comm.allgather(arr.dtype))
+    arr = arr.astype(dtype, copy=False)
+    n_total = int(sum(comm.allgather(len(arr))))
+    step = max(1, _CS_CHUNK_BYTES // max(dtype.itemsize, 1))
+    if comm.rank != 0:
+        for s in range(0, len(arr), step):
+            comm.send(arr[s:s + step].tobytes(), 0, _CS_TAG)
+        comm.send(None, 0, _CS_TAG)
+        comm.barrier()
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path, "wb") as fh:
+        fh.write(_npy_header(dtype, n_total))
+        fh.write(arr.tobytes())
+        for src in range(1, comm.size):
+            while (data := comm.recv(src, _CS_TAG)) is not None:
+                fh.write(data)
+    comm.barrier()
+    logger.debug("wrote %s (%d rows) collectively from %d ranks", path, n_total, comm.size)
 
 
 def with_fields(arr: np.ndarray, values: dict[str, np.ndarray]) -> np.ndarray:

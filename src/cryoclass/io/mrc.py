@@ -163,10 +163,13 @@ class ImageSource:
         0-based image index of each particle within its stack.
     max_open : int
         Most stacks kept open (memory-mapped) at a time; least recently used are closed.
+    row_offset : int
+        Added to row numbers in messages (the first row of a rank's slice in the set).
     """
 
     def __init__(self, paths: Sequence[str] | np.ndarray | pd.Series,
-                 indices: Sequence[int] | np.ndarray | pd.Series, *, max_open: int = 64):
+                 indices: Sequence[int] | np.ndarray | pd.Series, *, max_open: int = 64,
+                 row_offset: int = 0):
         path_arr = np.asarray(paths, dtype=object)
         idx_arr = np.asarray(indices)
         if path_arr.ndim != 1 or idx_arr.shape != path_arr.shape:
@@ -182,6 +185,7 @@ class ImageSource:
         self._open: OrderedDict[int, tuple[object, np.ndarray]] = OrderedDict()
         self._info: dict[int, StackInfo] = {}
         self._box_px: int | None = None
+        self._row0 = int(row_offset)
 
     def __len__(self) -> int:
         return len(self._indices)
@@ -208,7 +212,8 @@ class ImageSource:
             try:
                 info = read_header(self._files[fid])
             except InputError as exc:
-                raise InputError(f"{exc} (first used by particle row {row + 1})") from None
+                raise InputError(f"{exc} (first used by particle row "
+                                 f"{self._row0 + row + 1})") from None
             self._info[fid] = info
         return info
 
@@ -231,7 +236,7 @@ class ImageSource:
         idx = self._indices[sel]
         if (idx < 0).any():
             bad = int(sel[np.argmax(idx < 0)])
-            raise InputError(f"particle row {bad + 1}: negative image index "
+            raise InputError(f"particle row {self._row0 + bad + 1}: negative image index "
                              f"{int(self._indices[bad])} in {self._files[self._file_ids[bad]]}")
         # first row and largest index of each file used
         frame = pd.DataFrame({"fid": fids, "idx": idx, "row": sel})
@@ -243,19 +248,21 @@ class ImageSource:
             if info.nx != info.ny:
                 raise InputError(f"{info.path}: images are {info.nx}x{info.ny} pixels; "
                                  "particle images must be square (first used by particle "
-                                 f"row {int(row) + 1})")
+                                 f"row {self._row0 + int(row) + 1})")
             if box is None:
                 box = (info.nx, info.path)
             elif info.nx != box[0]:
                 raise InputError(
                     f"mixed box sizes: {box[1]} has {box[0]}x{box[0]} images but "
                     f"{info.path} has {info.nx}x{info.nx} (first used by particle row "
-                    f"{int(row) + 1}); re-extract all particles with one box size"
+                    f"{self._row0 + int(row) + 1}); re-extract all particles with one box "
+                    "size"
                 )
             worst = frame.loc[max_pos[fid]]
             if int(worst["idx"]) >= info.nz:
                 raise InputError(
-                    f"{info.path}: particle row {int(worst['row']) + 1} asks for image "
+                    f"{info.path}: particle row {self._row0 + int(worst['row']) + 1} asks "
+                    "for image "
                     f"{int(worst['idx']) + 1} (1-based) but the stack holds {info.nz} "
                     "images; the stack is incomplete or the particle file points to the "
                     "wrong stack"
@@ -311,14 +318,15 @@ class ImageSource:
             if data.shape[1:] != (box, box):
                 raise InputError(
                     f"{path}: images are {data.shape[2]}x{data.shape[1]} but other stacks "
-                    f"hold {box}x{box} (particle row {int(rows[group[0]]) + 1}); re-extract "
+                    f"hold {box}x{box} (particle row {self._row0 + int(rows[group[0]]) + 1}); "
+                    "re-extract "
                     "all particles with one box size"
                 )
             want = idx[group]
             if want[-1] >= data.shape[0] or want[0] < 0:
                 k = int(np.argmax((want >= data.shape[0]) | (want < 0)))
                 raise InputError(
-                    f"{path}: particle row {int(rows[group[k]]) + 1} asks for image "
+                    f"{path}: particle row {self._row0 + int(rows[group[k]]) + 1} asks for image "
                     f"{int(want[k]) + 1} (1-based) but the stack holds {data.shape[0]} images"
                 )
             try:
@@ -333,7 +341,7 @@ class ImageSource:
                     k = int(np.argmin(finite))
                     raise InputError(
                         f"{path}: image {int(want[k]) + 1} (1-based; particle row "
-                        f"{int(rows[group[k]]) + 1}) contains NaN or infinite pixels; "
+                        f"{self._row0 + int(rows[group[k]]) + 1}) contains NaN or infinite pixels; "
                         "re-extract it or remove that particle"
                     )
         return out

@@ -34,7 +34,9 @@ from cryoclass.errors import InputError
 from cryoclass.io import fields as F
 from cryoclass.io.cs import read_cs, with_fields, write_cs
 from cryoclass.io.mrc import ImageSource, read_header
-from cryoclass.io.star import read_star, write_star
+from cryoclass.io.star import StarIndex, index_star, read_star_rows, write_star
+from cryoclass.parallel.comm import Comm
+from cryoclass.parallel.partition import block_range, splitmix64
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,14 @@ class ParticleTable:
         True when micrograph names and picked coordinates exist.
     base_dir : str
         Folder that relative paths of the input were resolved against.
+    row_offset : int
+        Row of the whole set where this table's first row sits (a rank's slice).
+    n_total : int
+        Particles in the whole set (``len(self)`` unless this is a rank's slice).
+    pixel_size_A : float
+        Pixel size of the set (of its first particle).
+    pixel_size_range_A : tuple of float
+        Smallest and largest pixel size over the whole set.
     """
 
     meta: pd.DataFrame
@@ -89,6 +99,18 @@ class ParticleTable:
     has_ctf: bool = True
     has_locations: bool = False
     base_dir: str = ""
+    row_offset: int = 0
+    n_total: int = -1
+    pixel_size_A: float = 0.0
+    pixel_size_range_A: tuple[float, float] = (0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        if self.n_total < 0:
+            self.n_total = len(self.meta)
+        if not self.pixel_size_A and len(self.meta):
+            ps = self.meta[F.PIXEL_SIZE_A].to_numpy()
+            self.pixel_size_A = float(ps[0])
+            self.pixel_size_range_A = (float(ps.min()), float(ps.max()))
 
     def __len__(self) -> int:
         return len(self.meta)
@@ -96,7 +118,8 @@ class ParticleTable:
     def image_source(self, max_open: int = 64) -> ImageSource:
         """Return an :class:`~cryoclass.io.mrc.ImageSource` over this table's rows."""
         return ImageSource(self.meta[F.IMAGE_PATH].to_numpy(dtype=object),
-                           self.meta[F.IMAGE_INDEX].to_numpy(), max_open=max_open)
+                           self.meta[F.IMAGE_INDEX].to_numpy(), max_open=max_open,
+                           row_offset=self.row_offset)
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -116,8 +139,8 @@ def _base_candidates(folder: str, project_dir: str | None) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _resolve(uniques: Sequence[str], candidates: list[str], what: str) -> tuple[list[str], str]:
-    """Resolve relative paths against the first candidate folder where one of them exists.
+def _choose_base(uniques: Sequence[str], candidates: list[str], what: str) -> str:
+    """Return the first candidate folder where one of the first relative paths exists.
 
     The STAR (.cs) file's own folder is tried first; RELION and CryoSPARC write paths
     relative to the project directory, which is usually one to three levels up.
@@ -132,20 +155,27 @@ def _resolve(uniques: Sequence[str], candidates: list[str], what: str) -> tuple[
                 break
         if base != candidates[0]:
             logger.info("relative %s paths resolved against %s", what, base)
-    resolved = [os.path.normpath(p if os.path.isabs(p) else os.path.join(base, p))
-                for p in uniques]
-    return resolved, base
+    return base
+
+
+def _resolve(uniques: Sequence[str], base: str) -> list[str]:
+    """Absolute, normalized paths; relative ones are taken relative to ``base``."""
+    return [os.path.normpath(p if os.path.isabs(p) else os.path.join(base, p))
+            for p in uniques]
 
 
 def _numeric(values: pd.Series | np.ndarray, label: str, path: str,
-             finite: bool = True) -> np.ndarray:
-    """Return a float64 array; non-numbers (and NaN/inf when ``finite``) are InputErrors."""
+             finite: bool = True, row0: int = 0) -> np.ndarray:
+    """Return a float64 array; non-numbers (and NaN/inf when ``finite``) are InputErrors.
+
+    ``row0`` is the global row of the first value (for the message).
+    """
     series = pd.Series(values) if not isinstance(values, pd.Series) else values
     out = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(out) if finite else np.isnan(out) & series.notna().to_numpy()
     if bad.any():
         row = int(np.argmax(bad))
-        raise InputError(f"{path}: particle row {row + 1}: {label} is "
+        raise InputError(f"{path}: particle row {row0 + row + 1}: {label} is "
                          f"'{series.iloc[row]}', not a finite number; fix that row")
     return out
 
@@ -180,40 +210,56 @@ def _make_meta(columns: dict[str, np.ndarray]) -> pd.DataFrame:
     return meta
 
 
+def _collectively(comm: Comm, fn):
+    """Run ``fn`` on every rank; if it raises an InputError on any, raise it on all.
+
+    The message raised is that of the lowest failing rank (the earliest particle row,
+    since ranks own contiguous rows in order), so every rank exits with the same error.
+    """
+    result, msg = None, None
+    try:
+        result = fn()
+    except InputError as exc:
+        msg = str(exc)
+    if comm.size > 1:
+        msg = next((m for m in comm.allgather(msg) if m is not None), None)
+    if msg is not None:
+        raise InputError(msg)
+    return result
+
+
 # --- STAR -------------------------------------------------------------------------------
 
 
-def _find_particle_block(blocks: dict[str, pd.DataFrame], path: str) -> str:
-    if F.STAR_BLOCK_PARTICLES in blocks:
+def _find_particle_block(labels: dict[str, list[str]], path: str) -> str:
+    """Return the particle block of a STAR file, given each block's labels."""
+    if F.STAR_BLOCK_PARTICLES in labels:
         name = F.STAR_BLOCK_PARTICLES
     else:
-        with_images = [k for k, v in blocks.items() if F.RLN_IMAGE_NAME in v.columns]
-        others = [k for k in blocks if k != F.STAR_BLOCK_OPTICS]
+        with_images = [k for k, v in labels.items() if F.RLN_IMAGE_NAME in v]
+        others = [k for k in labels if k != F.STAR_BLOCK_OPTICS]
         if with_images:
             name = with_images[0]
         elif len(others) == 1:
             name = others[0]
         else:
-            found = ", ".join(f"data_{k}" for k in blocks) or "none"
+            found = ", ".join(f"data_{k}" for k in labels) or "none"
             raise InputError(f"{path}: no particle block (data_particles, or a block with "
                              f"_rlnImageName); blocks found: {found}")
-    if F.RLN_IMAGE_NAME not in blocks[name].columns:
+    if F.RLN_IMAGE_NAME not in labels[name]:
         raise InputError(
             f"{path}: data_{name} has no _rlnImageName column, so the particle images "
             "cannot be found; use a particle STAR file from extraction (each row "
             "names its image as index@stack.mrcs)"
         )
-    if len(blocks[name]) == 0:
-        raise InputError(f"{path}: data_{name} holds no particles")
     return name
 
 
-def _join_optics(blocks: dict[str, pd.DataFrame], name: str, path: str) -> dict[str, pd.Series]:
+def _join_optics(parts: pd.DataFrame, optics: pd.DataFrame | None, path: str,
+                 row0: int) -> dict[str, pd.Series]:
     """Particle columns plus optics-group columns (RELION 3.1+) broadcast per particle."""
-    parts = blocks[name]
     cols: dict[str, pd.Series] = {c: parts[c] for c in parts.columns}
-    optics = blocks.get(F.STAR_BLOCK_OPTICS)
-    if name == F.STAR_BLOCK_OPTICS or optics is None or F.RLN_OPTICS_GROUP not in parts:
+    if optics is None or F.RLN_OPTICS_GROUP not in parts:
         return cols
     if F.RLN_OPTICS_GROUP not in optics.columns:
         raise InputError(f"{path}: data_optics has no _rlnOpticsGroup column")
@@ -224,7 +270,7 @@ def _join_optics(blocks: dict[str, pd.DataFrame], name: str, path: str) -> dict[
     if (pos < 0).any():
         row = int(np.argmax(pos < 0))
         raise InputError(
-            f"{path}: particle row {row + 1} has _rlnOpticsGroup "
+            f"{path}: particle row {row0 + row + 1} has _rlnOpticsGroup "
             f"{parts[F.RLN_OPTICS_GROUP].iloc[row]}, which data_optics does not define"
         )
     for c in optics.columns:
@@ -233,7 +279,8 @@ def _join_optics(blocks: dict[str, pd.DataFrame], name: str, path: str) -> dict[
     return cols
 
 
-def _split_image_names(names: pd.Series, path: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _split_image_names(names: pd.Series, path: str,
+                       row0: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """``idx@stack`` -> (0-based index, codes into unique stack names, unique stack names)."""
     names = names.astype(str)
     split = names.str.partition("@")
@@ -244,7 +291,7 @@ def _split_image_names(names: pd.Series, path: str) -> tuple[np.ndarray, np.ndar
     bad = ~np.isfinite(idx) | (idx < 1) | (idx != np.round(idx))
     if bad.any():
         row = int(np.argmax(bad))
-        raise InputError(f"{path}: particle row {row + 1}: _rlnImageName "
+        raise InputError(f"{path}: particle row {row0 + row + 1}: _rlnImageName "
                          f"{names.iloc[row]!r} is not index@stack with a 1-based index")
     codes, uniques = pd.factorize(stack.to_numpy(dtype=object))
     cleaned = []
@@ -257,28 +304,26 @@ def _split_image_names(names: pd.Series, path: str) -> tuple[np.ndarray, np.ndar
     return idx.astype(np.int64) - 1, codes, cleaned
 
 
-def _load_star(path: str, ctf: bool, project_dir: str | None) -> ParticleTable:
-    blocks = read_star(path)
-    name = _find_particle_block(blocks, path)
-    cols = _join_optics(blocks, name, path)
-    n = len(blocks[name])
+def _star_meta(cols: dict[str, pd.Series], n: int, path: str, ctf: bool, base: str,
+               row0: int) -> tuple[dict[str, np.ndarray], bool, int]:
+    """Canonical columns of some STAR rows; returns (columns, has_locations, box or 0)."""
+    def num(values, label, finite=True):
+        return _numeric(values, label, path, finite=finite, row0=row0)
 
-    index0, codes, stacks = _split_image_names(cols[F.RLN_IMAGE_NAME], path)
-    resolved, base = _resolve(stacks, _base_candidates(os.path.dirname(path), project_dir),
-                              "image stack")
+    index0, codes, stacks = _split_image_names(cols[F.RLN_IMAGE_NAME], path, row0)
     out: dict[str, np.ndarray] = {
-        F.IMAGE_PATH: np.asarray(resolved, dtype=object)[codes],
+        F.IMAGE_PATH: np.asarray(_resolve(stacks, base), dtype=object)[codes],
         F.IMAGE_INDEX: index0,
     }
 
     # pixel size: per-particle / optics rlnImagePixelSize, rlnPixelSize, or 3.0 mag + detector
     if F.RLN_IMAGE_PIXEL_SIZE in cols:
-        psize = _numeric(cols[F.RLN_IMAGE_PIXEL_SIZE], "_rlnImagePixelSize", path)
+        psize = num(cols[F.RLN_IMAGE_PIXEL_SIZE], "_rlnImagePixelSize")
     elif F.RLN_PIXEL_SIZE in cols:
-        psize = _numeric(cols[F.RLN_PIXEL_SIZE], "_rlnPixelSize", path)
+        psize = num(cols[F.RLN_PIXEL_SIZE], "_rlnPixelSize")
     elif F.RLN_MAGNIFICATION in cols and F.RLN_DETECTOR_PIXEL_SIZE in cols:
-        mag = _numeric(cols[F.RLN_MAGNIFICATION], "_rlnMagnification", path)
-        det_um = _numeric(cols[F.RLN_DETECTOR_PIXEL_SIZE], "_rlnDetectorPixelSize", path)
+        mag = num(cols[F.RLN_MAGNIFICATION], "_rlnMagnification")
+        det_um = num(cols[F.RLN_DETECTOR_PIXEL_SIZE], "_rlnDetectorPixelSize")
         with np.errstate(divide="ignore", invalid="ignore"):
             psize = det_um * 1e4 / mag
     else:
@@ -288,11 +333,11 @@ def _load_star(path: str, ctf: bool, project_dir: str | None) -> ParticleTable:
         )
     if not (psize > 0).all():
         row = int(np.argmax(~(psize > 0)))
-        raise InputError(f"{path}: particle row {row + 1}: pixel size {psize[row]} is not "
-                         "positive")
+        raise InputError(f"{path}: particle row {row0 + row + 1}: pixel size {psize[row]} "
+                         "is not positive")
     out[F.PIXEL_SIZE_A] = psize
 
-    voltage = (_numeric(cols[F.RLN_VOLTAGE], "_rlnVoltage", path, finite=False)
+    voltage = (num(cols[F.RLN_VOLTAGE], "_rlnVoltage", finite=False)
                if F.RLN_VOLTAGE in cols else None)
     if ctf:
         missing = ["_" + lab for lab in F.STAR_CTF_REQUIRED if lab not in cols]
@@ -302,7 +347,7 @@ def _load_star(path: str, ctf: bool, project_dir: str | None) -> ParticleTable:
             if canon in (F.LOCATION_X_PX, F.LOCATION_Y_PX):
                 continue
             if label in cols:
-                out[canon] = _numeric(cols[label], "_" + label, path) * factor
+                out[canon] = num(cols[label], "_" + label) * factor
             else:  # optional: phase shift, B-factor
                 out[canon] = np.zeros(n)
     else:
@@ -314,15 +359,15 @@ def _load_star(path: str, ctf: bool, project_dir: str | None) -> ParticleTable:
                          if has_mic else np.full(n, "", dtype=object))
     for canon, label in ((F.LOCATION_X_PX, F.RLN_COORDINATE_X),
                          (F.LOCATION_Y_PX, F.RLN_COORDINATE_Y)):
-        out[canon] = (_numeric(cols[label], "_" + label, path, finite=False) if has_xy
+        out[canon] = (num(cols[label], "_" + label, finite=False) if has_xy
                       else np.full(n, np.nan))
 
     for canon, angst, pixels in ((F.INPUT_ORIGIN_X_A, F.RLN_ORIGIN_X_ANGST, F.RLN_ORIGIN_X),
                                  (F.INPUT_ORIGIN_Y_A, F.RLN_ORIGIN_Y_ANGST, F.RLN_ORIGIN_Y)):
         if angst in cols:
-            out[canon] = _numeric(cols[angst], "_" + angst, path)
+            out[canon] = num(cols[angst], "_" + angst)
         elif pixels in cols:
-            out[canon] = _numeric(cols[pixels], "_" + pixels, path) * psize
+            out[canon] = num(cols[pixels], "_" + pixels) * psize
         else:
             out[canon] = np.zeros(n)
 
@@ -331,22 +376,19 @@ def _load_star(path: str, ctf: bool, project_dir: str | None) -> ParticleTable:
         sizes = pd.to_numeric(cols[F.RLN_IMAGE_SIZE], errors="coerce")
         if sizes.notna().all() and sizes.nunique() == 1:
             box = int(sizes.iloc[0])
-    return ParticleTable(
-        meta=_make_meta(out), source_format="star", source_path=path, star_blocks=blocks,
-        particles_block=name, cs_array=None, box_px=box, has_ctf=ctf,
-        has_locations=has_mic and has_xy, base_dir=base,
-    )
+    return out, has_mic and has_xy, box
 
 
 # --- CryoSPARC .cs ------------------------------------------------------------------------
 
 
-def _load_cs(path: str, ctf: bool, project_dir: str | None) -> ParticleTable:
-    arr = read_cs(path)
-    names = set(arr.dtype.names)
-    n = len(arr)
-    if n == 0:
-        raise InputError(f"{path}: the .cs file holds no particles")
+def _cs_stacks(arr: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Codes and unique stack paths of ``blob/path`` (CryoSPARC's '>' import mark removed)."""
+    codes, stacks = _decode(arr[F.CS_BLOB_PATH])
+    return codes, [s.lstrip(">") for s in stacks]
+
+
+def _check_cs_fields(names: set, path: str) -> None:
     for field in (F.CS_BLOB_PATH, F.CS_BLOB_IDX):
         if field not in names:
             raise InputError(
@@ -354,22 +396,29 @@ def _load_cs(path: str, ctf: bool, project_dir: str | None) -> ParticleTable:
                 "a .cs with the particle blobs (e.g. the extraction job's particles, or "
                 "an exported particle set that merges the passthrough fields)"
             )
-    codes, stacks = _decode(arr[F.CS_BLOB_PATH])
-    stacks = [s.lstrip(">") for s in stacks]  # CryoSPARC marks some imported paths with '>'
-    resolved, base = _resolve(stacks, _base_candidates(os.path.dirname(path), project_dir),
-                              "image stack")
-    out: dict[str, np.ndarray] = {
-        F.IMAGE_PATH: np.asarray(resolved, dtype=object)[codes],
-        F.IMAGE_INDEX: arr[F.CS_BLOB_IDX].astype(np.int64),
-    }
     if F.CS_BLOB_PSIZE_A not in names:
         raise InputError(f"{path}: no blob/psize_A field (pixel size); add it or use the "
                          "particles output of the extraction job")
-    psize = _numeric(arr[F.CS_BLOB_PSIZE_A].astype(np.float64), F.CS_BLOB_PSIZE_A, path)
+
+
+def _cs_meta(arr: np.ndarray, path: str, ctf: bool, base: str,
+             row0: int) -> tuple[dict[str, np.ndarray], bool, int]:
+    """Canonical columns of some .cs rows; returns (columns, has_locations, box or 0)."""
+    def num(values, label):
+        return _numeric(values, label, path, row0=row0)
+
+    names = set(arr.dtype.names)
+    n = len(arr)
+    codes, stacks = _cs_stacks(arr)
+    out: dict[str, np.ndarray] = {
+        F.IMAGE_PATH: np.asarray(_resolve(stacks, base), dtype=object)[codes],
+        F.IMAGE_INDEX: arr[F.CS_BLOB_IDX].astype(np.int64),
+    }
+    psize = num(arr[F.CS_BLOB_PSIZE_A].astype(np.float64), F.CS_BLOB_PSIZE_A)
     if not (psize > 0).all():
         row = int(np.argmax(~(psize > 0)))
-        raise InputError(f"{path}: particle row {row + 1}: blob/psize_A {psize[row]} is not "
-                         "positive")
+        raise InputError(f"{path}: particle row {row0 + row + 1}: blob/psize_A {psize[row]} "
+                         "is not positive")
     out[F.PIXEL_SIZE_A] = psize
 
     voltage = (arr[F.CS_CTF_ACCEL_KV].astype(np.float64) if F.CS_CTF_ACCEL_KV in names
@@ -381,8 +430,8 @@ def _load_cs(path: str, ctf: bool, project_dir: str | None) -> ParticleTable:
         for canon, field in F.CS_TO_CANONICAL.items():
             if canon == F.PIXEL_SIZE_A:
                 continue
-            out[canon] = (_numeric(arr[field].astype(np.float64), field, path)
-                          if field in names else np.zeros(n))
+            out[canon] = (num(arr[field].astype(np.float64), field) if field in names
+                          else np.zeros(n))
     else:
         out.update(_ctf_off_columns(n, voltage))
 
@@ -417,23 +466,70 @@ def _load_cs(path: str, ctf: bool, project_dir: str | None) -> ParticleTable:
         out[F.INPUT_ORIGIN_Y_A] = np.zeros(n)
 
     box = 0
-    if F.CS_BLOB_SHAPE in names:
+    if F.CS_BLOB_SHAPE in names and n:
         shapes = np.asarray(arr[F.CS_BLOB_SHAPE]).reshape(n, -1)
         if (shapes == shapes[0]).all() and shapes.shape[1] == 2 and shapes[0, 0] == shapes[0, 1]:
             box = int(shapes[0, 0])
-    return ParticleTable(
-        meta=_make_meta(out), source_format="cs", source_path=path, star_blocks=None,
-        particles_block=F.STAR_BLOCK_PARTICLES, cs_array=arr, box_px=box, has_ctf=ctf,
-        has_locations=has_mic and has_xy, base_dir=base,
-    )
+    return out, has_mic and has_xy, box
 
 
 # --- public loader ------------------------------------------------------------------------
 
 
+@dataclass
+class _Plan:
+    """What rank 0 learns about a particle file before any rank reads its rows."""
+
+    fmt: str  # "star" or "cs"
+    n: int
+    star: StarIndex | None = None
+
+
+def _plan(path: str) -> _Plan:
+    """Inspect a particle file (rank 0): format, particle count, STAR layout."""
+    if not os.path.exists(path):
+        raise InputError(f"{path}: particle file not found; check the path")
+    suffix = Path(path).suffix.lower()
+    if suffix == ".star":
+        index = index_star(path, lambda labels: _find_particle_block(labels, path))
+        if index.n_rows == 0:
+            raise InputError(f"{path}: data_{index.particles_block} holds no particles")
+        return _Plan("star", index.n_rows, index)
+    if suffix == ".cs":
+        arr = read_cs(path, mmap=True)
+        if len(arr) == 0:
+            raise InputError(f"{path}: the .cs file holds no particles")
+        _check_cs_fields(set(arr.dtype.names), path)
+        return _Plan("cs", len(arr))
+    raise InputError(f"{path}: unknown particle file type {suffix or '(no suffix)'!r}; "
+                     "give a RELION .star or a CryoSPARC .cs file")
+
+
+def _agree_dtypes(frame: pd.DataFrame, comm: Comm) -> pd.DataFrame:
+    """Give every rank's slice of the particle rows the same column types.
+
+    A column that is integer on one rank and float on another becomes float, and text
+    on any rank makes it text everywhere: the slices together are typed as the whole
+    table would be.
+    """
+    if comm.size == 1:
+        return frame
+    mine = {c: ("s" if frame[c].dtype == object else frame[c].dtype.kind) if len(frame)
+            else None for c in frame.columns}
+    kinds = comm.allgather(mine)
+    for c in frame.columns:
+        ks = {k[c] for k in kinds} - {None}
+        if "s" in ks or "O" in ks:
+            if frame[c].dtype != object:
+                frame[c] = frame[c].astype(str).astype(object)
+        elif "f" in ks and frame[c].dtype.kind in "iub":
+            frame[c] = frame[c].astype(np.float64)
+    return frame
+
+
 def load_particles(path: str | os.PathLike, *, ctf: bool = True, project_dir: str | None = None,
-                   check_images: bool = True) -> ParticleTable:
-    """Load a RELION STAR or CryoSPARC .cs particle set.
+                   check_images: bool = True, comm: Comm | None = None) -> ParticleTable:
+    """Load a RELION STAR or CryoSPARC .cs particle set (every rank: its own rows).
 
     Parameters
     ----------
@@ -449,10 +545,18 @@ def load_particles(path: str | os.PathLike, *, ctf: bool = True, project_dir: st
     check_images
         Check every referenced stack from its header (exists, readable MRC, real mode,
         not truncated, index in range, one square box size) and set ``box_px``.
+    comm : Comm, optional
+        Collective load over MPI ranks: rank 0 indexes the file (the STAR particle loop
+        is cut into byte ranges, a .cs is memory-mapped), and every rank then reads,
+        converts and checks only its own contiguous block of rows
+        (:func:`~cryoclass.parallel.partition.block_range`), so no rank holds the whole
+        set. An error found by any rank is raised on every rank. Without ``comm``, the
+        whole set.
 
     Returns
     -------
     ParticleTable
+        This rank's rows (``row_offset``, ``n_total`` say where they sit in the set).
 
     Raises
     ------
@@ -460,41 +564,84 @@ def load_particles(path: str | os.PathLike, *, ctf: bool = True, project_dir: st
         Any problem with the file, its columns or its stacks, naming what to fix.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise InputError(f"{path}: particle file not found; check the path")
-    suffix = Path(path).suffix.lower()
-    if suffix == ".star":
-        table = _load_star(path, ctf, project_dir)
-    elif suffix == ".cs":
-        table = _load_cs(path, ctf, project_dir)
+    comm = comm if comm is not None else Comm(None)
+    plan = _collectively(comm, lambda: _plan(path) if comm.rank == 0 else None)
+    plan = comm.bcast(plan)
+    start, stop = block_range(plan.n, comm.size, comm.rank)
+    n = stop - start
+
+    def read():
+        if plan.fmt == "cs":
+            arr = np.array(read_cs(path, mmap=True)[start:stop])
+            return arr, _cs_stacks(arr)[1]
+        idx = plan.star
+        parts = read_star_rows(idx, start, stop)
+        return parts, _split_image_names(parts[F.RLN_IMAGE_NAME], path, start)[2]
+
+    raw, stacks = _collectively(comm, read)
+    base = comm.bcast(_choose_base(stacks, _base_candidates(os.path.dirname(path),
+                                                            project_dir), "image stack")
+                      if comm.rank == 0 else None)
+
+    def convert():
+        if plan.fmt == "cs":
+            return _cs_meta(raw, path, ctf, base, start)
+        idx = plan.star
+        optics = (idx.blocks.get(F.STAR_BLOCK_OPTICS)
+                  if idx.particles_block != F.STAR_BLOCK_OPTICS else None)
+        return _star_meta(_join_optics(raw, optics, path, start), n, path, ctf, base, start)
+
+    columns, has_locations, box = _collectively(comm, convert)
+    if plan.fmt == "star":
+        raw = _agree_dtypes(raw, comm)
+        blocks = {name: (raw if name == plan.star.particles_block else plan.star.blocks[name])
+                  for name in plan.star.block_order}
+        table = ParticleTable(meta=_make_meta(columns), source_format="star", source_path=path,
+                              star_blocks=blocks, particles_block=plan.star.particles_block,
+                              has_ctf=ctf, has_locations=has_locations, base_dir=base)
     else:
-        raise InputError(f"{path}: unknown particle file type {suffix or '(no suffix)'!r}; "
-                         "give a RELION .star or a CryoSPARC .cs file")
+        table = ParticleTable(meta=_make_meta(columns), source_format="cs", source_path=path,
+                              cs_array=raw, has_ctf=ctf, has_locations=has_locations,
+                              base_dir=base)
+    table.row_offset, table.n_total = start, plan.n
+    boxes = [b for b in comm.allgather(box) if b]
+    table.box_px = boxes[0] if boxes and len(set(boxes)) == 1 else 0
     if check_images:
-        source = table.image_source()
-        try:
-            source.validate()
-        except InputError as exc:
-            if "not found" in str(exc):
-                raise InputError(
-                    f"{exc}; relative paths were resolved against {table.base_dir} "
-                    "(set the project directory to change that)"
-                ) from None
-            raise
-        finally:
-            source.close()
-        table.box_px = source.box_px
-    elif table.box_px == 0:
+        def check():
+            with table.image_source() as source:
+                try:
+                    source.validate()
+                except InputError as exc:
+                    if "not found" in str(exc):
+                        raise InputError(f"{exc}; relative paths were resolved against "
+                                         f"{base} (set the project directory to change "
+                                         "that)") from None
+                    raise
+                return source.box_px if n else 0
+        boxes = [b for b in comm.allgather(_collectively(comm, check)) if b]
+        if len(set(boxes)) > 1:
+            sizes = ", ".join(map(str, sorted(set(boxes))))
+            raise InputError(f"{path}: mixed box sizes ({sizes} px) in the image stacks; "
+                             "re-extract all particles with one box size")
+        table.box_px = boxes[0]
+    elif table.box_px == 0 and comm.rank == 0:
         first = str(table.meta[F.IMAGE_PATH].iloc[0])
         if os.path.isfile(first):
             try:
                 table.box_px = read_header(first).nx
             except InputError:
                 logger.debug("%s: box size unknown (header of %s unreadable)", path, first)
-    logger.info("%s: %d particles, %d stacks, box %d px, pixel size %.4g A, CTF %s, "
-                "locations %s", path, len(table), table.meta[F.IMAGE_PATH].nunique(),
-                table.box_px, float(table.meta[F.PIXEL_SIZE_A].iloc[0]),
-                "on" if table.has_ctf else "off", "yes" if table.has_locations else "no")
+    table.box_px = comm.bcast(table.box_px)
+    ps = table.meta[F.PIXEL_SIZE_A].to_numpy()
+    ps_range = comm.allgather((float(ps.min()), float(ps.max())) if n else None)
+    ps_range = [r for r in ps_range if r is not None]
+    table.pixel_size_A = ps_range[0][0]
+    table.pixel_size_range_A = (min(r[0] for r in ps_range), max(r[1] for r in ps_range))
+    if comm.rank == 0:
+        logger.info("%s: %d particles, box %d px, pixel size %.4g A, CTF %s, locations %s%s",
+                    path, plan.n, table.box_px, table.pixel_size_A,
+                    "on" if table.has_ctf else "off", "yes" if table.has_locations else "no",
+                    f", read as {comm.size} slices" if comm.size > 1 else "")
     return table
 
 
@@ -534,25 +681,33 @@ def _align(table: ParticleTable, align: Mapping[str, object] | None,
     return out, ctf_off
 
 
-def _optics_from_meta(table: ParticleTable) -> tuple[pd.DataFrame, np.ndarray]:
-    """One optics group per distinct (pixel size, voltage, Cs, Q0); 1-based ids per particle."""
+def _optics_from_meta(table: ParticleTable,
+                      comm: Comm) -> tuple[pd.DataFrame, np.ndarray]:
+    """One optics group per distinct (pixel size, voltage, Cs, Q0); 1-based ids per particle.
+
+    Groups are numbered in order of first appearance in the whole set (collective).
+    """
     meta = table.meta
     keys = [F.PIXEL_SIZE_A, F.VOLTAGE_KV, F.CS_MM, F.AMPLITUDE_CONTRAST]
-    gid = meta.groupby(keys, sort=False, dropna=False).ngroup().to_numpy() + 1
-    _, first = np.unique(gid, return_index=True)
-    first = np.sort(first)
-    groups = gid[first]
+    local = meta[keys].drop_duplicates()
+    groups: list[tuple] = []
+    for part in comm.allgather([tuple(r) for r in local.itertuples(index=False)]):
+        groups.extend(g for g in part if g not in groups)
+    lookup = pd.MultiIndex.from_tuples(groups, names=keys)
+    gid = lookup.get_indexer(pd.MultiIndex.from_frame(meta[keys])) + 1
+    arr = np.asarray(groups, dtype=np.float64).reshape(-1, len(keys))
+    ids = np.arange(1, len(groups) + 1, dtype=np.int64)
     optics = pd.DataFrame({
-        F.RLN_OPTICS_GROUP_NAME: [f"opticsGroup{g}" for g in groups],
-        F.RLN_OPTICS_GROUP: groups.astype(np.int64),
-        F.RLN_IMAGE_PIXEL_SIZE: meta[F.PIXEL_SIZE_A].to_numpy()[first],
+        F.RLN_OPTICS_GROUP_NAME: [f"opticsGroup{g}" for g in ids],
+        F.RLN_OPTICS_GROUP: ids,
+        F.RLN_IMAGE_PIXEL_SIZE: arr[:, 0],
         F.RLN_IMAGE_SIZE: np.full(len(groups), table.box_px, dtype=np.int64),
         F.RLN_IMAGE_DIMENSIONALITY: np.full(len(groups), 2, dtype=np.int64),
-        F.RLN_VOLTAGE: meta[F.VOLTAGE_KV].to_numpy()[first],
-        F.RLN_SPHERICAL_ABERRATION: meta[F.CS_MM].to_numpy()[first],
-        F.RLN_AMPLITUDE_CONTRAST: meta[F.AMPLITUDE_CONTRAST].to_numpy()[first],
+        F.RLN_VOLTAGE: arr[:, 1],
+        F.RLN_SPHERICAL_ABERRATION: arr[:, 2],
+        F.RLN_AMPLITUDE_CONTRAST: arr[:, 3],
     })
-    return optics, gid
+    return optics, gid.astype(np.int64)
 
 
 def _image_names(index0: np.ndarray, paths: np.ndarray) -> np.ndarray:
@@ -582,8 +737,8 @@ def _star_particles_from_meta(table: ParticleTable, rows: np.ndarray) -> pd.Data
 
 
 def _star_output(table: ParticleTable, rows: np.ndarray, al: dict[str, np.ndarray] | None,
-                 ctf_off: bool) -> dict[str, pd.DataFrame]:
-    """Blocks of a RELION 3.1 particle STAR for ``rows`` of ``table``."""
+                 ctf_off: bool, comm: Comm) -> dict[str, pd.DataFrame]:
+    """Blocks of a RELION 3.1 particle STAR for ``rows`` of ``table`` (collective)."""
     optics: pd.DataFrame | None = None
     if table.star_blocks is not None:
         parts = table.star_blocks[table.particles_block].iloc[rows].reset_index(drop=True)
@@ -593,7 +748,7 @@ def _star_output(table: ParticleTable, rows: np.ndarray, al: dict[str, np.ndarra
     else:
         parts = _star_particles_from_meta(table, rows)
     if optics is None:  # RELION 3.0 or .cs input: build the optics block
-        optics, gid = _optics_from_meta(table)
+        optics, gid = _optics_from_meta(table, comm)
         parts[F.RLN_OPTICS_GROUP] = gid[rows]
 
     psize = table.meta[F.PIXEL_SIZE_A].to_numpy()[rows]
@@ -628,39 +783,52 @@ def _star_output(table: ParticleTable, rows: np.ndarray, al: dict[str, np.ndarra
     return {F.STAR_BLOCK_OPTICS: optics, F.STAR_BLOCK_PARTICLES: parts}
 
 
-def _uids(table: ParticleTable) -> np.ndarray:
-    """Deterministic 64-bit uids for a table without them (same for every writer call)."""
+def _uids(table: ParticleTable, rows: np.ndarray) -> np.ndarray:
+    """Deterministic 64-bit uids of some rows, for a table without them.
+
+    A hash (splitmix64) of the input file's path and the particle's row in the whole
+    set: the same for every writer call and every rank count.
+    """
     seed = zlib.crc32(os.path.abspath(table.source_path).encode())
-    return np.random.default_rng(seed).integers(0, 2**64 - 1, size=len(table), dtype=np.uint64,
-                                                endpoint=True)
+    return splitmix64(np.uint64(seed) * np.uint64(0x100000000)
+                      + np.asarray(rows, dtype=np.uint64) + np.uint64(table.row_offset))
 
 
-def _micrograph_shapes(table: ParticleTable, mics: np.ndarray) -> np.ndarray | None:
-    """(n, 2) [ny, nx] of each particle's micrograph from MRC headers; None if any is missing."""
+def _micrograph_shapes(table: ParticleTable, mics: np.ndarray,
+                       comm: Comm) -> np.ndarray | None:
+    """(n, 2) [ny, nx] of each particle's micrograph from MRC headers; None if any is missing.
+
+    Collective: None on every rank when any rank misses a micrograph.
+    """
     codes, uniques = pd.factorize(mics)
     shapes = np.zeros((len(uniques), 2), dtype=np.uint32)
+    problem = None
     for k, name in enumerate(uniques):
         mic = name if os.path.isabs(name) else os.path.join(table.base_dir, name)
         if not os.path.isfile(mic):
-            logger.warning("micrograph %s not found: the .cs output has no location/* fields",
-                           mic)
-            return None
+            problem = f"micrograph {mic} not found"
+            break
         try:
             info = read_header(mic)
         except InputError as exc:
-            logger.warning("%s: the .cs output has no location/* fields", exc)
-            return None
+            problem = str(exc)
+            break
         shapes[k] = (info.ny, info.nx)
+    problems = [p for p in comm.allgather(problem) if p is not None]
+    if problems:
+        if comm.rank == 0:
+            logger.warning("%s: the .cs output has no location/* fields", problems[0])
+        return None
     return shapes[codes]
 
 
-def _cs_from_meta(table: ParticleTable, rows: np.ndarray) -> np.ndarray:
-    """CryoSPARC particle fields for a table that did not come from .cs."""
+def _cs_from_meta(table: ParticleTable, rows: np.ndarray, comm: Comm) -> np.ndarray:
+    """CryoSPARC particle fields for a table that did not come from .cs (collective)."""
     m = table.meta.iloc[rows]
     n = len(rows)
     paths = m[F.IMAGE_PATH].to_numpy(dtype=object)
     fields: dict[str, np.ndarray] = {
-        F.CS_UID: _uids(table)[rows],
+        F.CS_UID: _uids(table, rows),
         F.CS_BLOB_PATH: np.array([p.encode("utf-8") for p in paths], dtype=bytes),
         F.CS_BLOB_IDX: m[F.IMAGE_INDEX].to_numpy().astype(np.uint32),
         F.CS_BLOB_SHAPE: np.tile(np.array([table.box_px, table.box_px], dtype=np.uint32),
@@ -675,9 +843,9 @@ def _cs_from_meta(table: ParticleTable, rows: np.ndarray) -> np.ndarray:
         F.CS_CTF_PHASE_SHIFT_RAD: m[F.PHASE_SHIFT_RAD].to_numpy().astype(np.float32),
         F.CS_CTF_BFACTOR: m[F.BFACTOR_A2].to_numpy().astype(np.float32),
     }
-    if table.has_locations and n:
+    if table.has_locations:
         mics = m[F.MICROGRAPH].to_numpy(dtype=object)
-        shapes = _micrograph_shapes(table, mics)
+        shapes = _micrograph_shapes(table, mics, comm)
         if shapes is not None:
             fields[F.CS_LOCATION_MICROGRAPH_PATH] = np.array(
                 [str(p).encode("utf-8") for p in mics], dtype=bytes)
@@ -692,8 +860,9 @@ def _cs_from_meta(table: ParticleTable, rows: np.ndarray) -> np.ndarray:
 
 
 def _cs_output(table: ParticleTable, rows: np.ndarray, al: dict[str, np.ndarray] | None,
-               ctf_off: bool) -> np.ndarray:
-    base = table.cs_array[rows] if table.cs_array is not None else _cs_from_meta(table, rows)
+               ctf_off: bool, comm: Comm) -> np.ndarray:
+    base = (table.cs_array[rows] if table.cs_array is not None
+            else _cs_from_meta(table, rows, comm))
     m = table.meta.iloc[rows]
     updates: dict[str, np.ndarray] = {}
     if al is not None:
@@ -727,7 +896,8 @@ def _cs_output(table: ParticleTable, rows: np.ndarray, al: dict[str, np.ndarray]
 
 def write_subset_star(path: str | os.PathLike, table: ParticleTable,
                       rows: Sequence[int] | np.ndarray | None,
-                      align: Mapping[str, object] | None = None) -> None:
+                      align: Mapping[str, object] | None = None,
+                      comm: Comm | None = None) -> None:
     """Write some particles (in the order of ``rows``) as a RELION 3.1 STAR file.
 
     Parameters
@@ -741,15 +911,22 @@ def write_subset_star(path: str | os.PathLike, table: ParticleTable,
     align
         Optional alignment results, arrays over ALL particles of ``table`` (see
         :func:`write_particles_star`); only ``rows`` are written.
+    comm : Comm, optional
+        Collective write: every rank passes its slice of the set (``table`` as loaded
+        with ``comm``), its own ``rows`` and ``align``; the file holds every rank's rows
+        in rank order and no rank holds all of them (:func:`cryoclass.io.star.write_star`).
     """
+    comm = comm if comm is not None else Comm(None)
     rows = _rows(table, rows)
     al, ctf_off = _align(table, align, rows)
-    write_star(path, _star_output(table, rows, al, ctf_off))
-    logger.info("wrote %d particles to %s", len(rows), os.fspath(path))
+    write_star(path, _star_output(table, rows, al, ctf_off, comm), comm)
+    n = int(sum(comm.allgather(len(rows))))
+    if comm.rank == 0:
+        logger.info("wrote %d particles to %s", n, os.fspath(path))
 
 
 def write_particles_star(path: str | os.PathLike, table: ParticleTable,
-                         align: Mapping[str, object]) -> None:
+                         align: Mapping[str, object], comm: Comm | None = None) -> None:
     """Write every particle with its alignment as a RELION 3.1 STAR file.
 
     Every input column and the input row order are kept (RELION 3.0 input becomes 3.1,
@@ -770,25 +947,31 @@ def write_particles_star(path: str | os.PathLike, table: ParticleTable,
         ``class_posterior``, ``ess``, ``best_class_prob``, ``score``, ``half_set``; and
         optionally ``ctf_off`` (bool, default ``not table.has_ctf``): write the CTF-off
         values (defocus 0, Cs 0, amplitude contrast 1, phase shift 0).
+    comm : Comm, optional
+        Collective write of every rank's slice (see :func:`write_subset_star`).
     """
-    write_subset_star(path, table, None, align)
+    write_subset_star(path, table, None, align, comm)
 
 
 def write_subset_cs(path: str | os.PathLike, table: ParticleTable,
                     rows: Sequence[int] | np.ndarray | None,
-                    align: Mapping[str, object] | None = None) -> None:
+                    align: Mapping[str, object] | None = None,
+                    comm: Comm | None = None) -> None:
     """Write some particles (in the order of ``rows``) as a CryoSPARC .cs file.
 
-    Parameters are as for :func:`write_subset_star`.
+    Parameters are as for :func:`write_subset_star` (collective with ``comm``).
     """
+    comm = comm if comm is not None else Comm(None)
     rows = _rows(table, rows)
     al, ctf_off = _align(table, align, rows)
-    write_cs(path, _cs_output(table, rows, al, ctf_off))
-    logger.info("wrote %d particles to %s", len(rows), os.fspath(path))
+    write_cs(path, _cs_output(table, rows, al, ctf_off, comm), comm)
+    n = int(sum(comm.allgather(len(rows))))
+    if comm.rank == 0:
+        logger.info("wrote %d particles to %s", n, os.fspath(path))
 
 
 def write_particles_cs(path: str | os.PathLike, table: ParticleTable,
-                       align: Mapping[str, object]) -> None:
+                       align: Mapping[str, object], comm: Comm | None = None) -> None:
     """Write every particle with its alignment as a CryoSPARC .cs file.
 
     The input array (or, for STAR input, a new one with ``uid``, ``blob/*``, ``ctf/*``
@@ -799,4 +982,4 @@ def write_particles_cs(path: str | os.PathLike, table: ParticleTable,
 
     Parameters are as for :func:`write_particles_star`.
     """
-    write_subset_cs(path, table, None, align)
+    write_subset_cs(path, table, None, align, comm)

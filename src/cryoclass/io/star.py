@@ -30,6 +30,7 @@ import re
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,9 @@ _BODY_END_RE = re.compile(rb"^[ \t]*(?:data_|loop_|_)", re.M)
 _TOKEN_RE = re.compile(r'"([^"]*)"|\'([^\']*)\'|(\S+)')
 _NA_VALUES = ["nan", "NaN", "-nan", "NAN", "-NaN"]
 _WRITE_CHUNK_ROWS = 50_000
+#: Approximate bytes of the particle loop body per piece of a :class:`StarIndex`.
+PIECE_BYTES = 32 << 20
+_STAR_TAG = 0x57A2
 
 
 # --- atomic writes ----------------------------------------------------------------------
@@ -208,8 +212,12 @@ def _parse_body(buf, start: int, end: int, labels: list[str], path: str) -> pd.D
     return _parse_body_slow(body.decode("utf-8", errors="replace"), labels, path, first_line)
 
 
-def _parse_block(buf, name: str, start: int, end: int, path: str) -> pd.DataFrame:
-    """Parse one data block ``buf[start:end]`` (after its ``data_`` line)."""
+def _block_layout(buf, name: str, start: int, end: int, path: str) -> tuple:
+    """Lay out one data block ``buf[start:end]`` (after its ``data_`` line).
+
+    Returns ``("loop", labels, body_start, body_end)`` for a loop block or
+    ``("simple", {key: value})`` for a key/value block; nothing is parsed yet.
+    """
     pos = start
     simple: dict[str, str] = {}
     while pos < end:
@@ -231,16 +239,16 @@ def _parse_block(buf, name: str, start: int, end: int, path: str) -> pd.DataFram
                     break
                 labels.append(text.split()[0][1:])
                 pos = nxt
+            pos = min(pos, end)
             match = _BODY_END_RE.search(buf, pos, end)
             body_end = match.start() if match else end
-            frame = _parse_body(buf, pos, body_end, labels, path)
             if body_end < end:
                 logger.warning("%s: data_%s has more than one loop or items after its loop; "
                                "only the first loop is read", path, name)
             if simple:
                 logger.warning("%s: data_%s mixes key/value items and a loop; the key/value "
                                "items are ignored", path, name)
-            return frame
+            return ("loop", labels, pos, body_end)
         if line.startswith("_"):
             tokens = _tokenize(line)
             key = tokens[0][1:]
@@ -251,6 +259,15 @@ def _parse_block(buf, name: str, start: int, end: int, path: str) -> pd.DataFram
             f"{path}: line {_count_newlines(buf, pos) + 1}: unexpected text {line[:40]!r} in "
             f"data_{name} (expected loop_, a _label or a comment)"
         )
+    return ("simple", simple)
+
+
+def _layout_frame(buf, layout: tuple, path: str) -> pd.DataFrame:
+    """Parse a block laid out by :func:`_block_layout` into a table."""
+    if layout[0] == "loop":
+        _, labels, body_start, body_end = layout
+        return _parse_body(buf, body_start, body_end, labels, path)
+    simple = layout[1]
     if not simple:
         return pd.DataFrame()
     return pd.DataFrame({k: _numeric_or_str([v]) for k, v in simple.items()})
@@ -283,26 +300,153 @@ def read_star(path: str | os.PathLike) -> dict[str, pd.DataFrame]:
         Missing/unreadable file, no ``data_`` block, rows with the wrong number of values.
     """
     path = os.fspath(path)
+    with _open_star(path) as mm:
+        blocks = {name: _layout_frame(mm, layout, path)
+                  for name, layout in _layouts(mm, path).items()}
+    logger.debug("%s: read blocks %s", path, {k: len(v) for k, v in blocks.items()})
+    return blocks
+
+
+# --- reading in row slices (one per MPI rank) ---------------------------------------------
+
+
+@dataclass
+class StarIndex:
+    """Where the rows of a STAR file's particle loop are, without parsing them.
+
+    ``blocks`` holds every other block, parsed (they are small: optics, general);
+    ``pieces`` cuts the particle loop body into line-aligned byte ranges, each with its
+    first row and row count, so any rank can parse just the rows it owns.
+    """
+
+    path: str
+    blocks: dict[str, pd.DataFrame]
+    block_order: list[str]
+    particles_block: str
+    labels: list[str]
+    pieces: list[tuple[int, int, int, int]]  # (byte start, byte end, first row, rows)
+
+    @property
+    def n_rows(self) -> int:
+        """Rows of the particle loop."""
+        return sum(p[3] for p in self.pieces)
+
+
+def _data_rows(text: bytes) -> int:
+    """Count loop rows in a body fragment: lines that are neither blank nor comments."""
+    n = 0
+    for line in text.split(b"\n"):
+        line = line.strip()
+        if line and not line.startswith(b"#"):
+            n += 1
+    return n
+
+
+def index_star(path: str | os.PathLike, choose_block,
+               piece_bytes: int | None = None) -> StarIndex:
+    """Index a STAR file: parse every block but the particle loop, cut that into pieces.
+
+    Parameters
+    ----------
+    path
+        STAR file.
+    choose_block : callable(dict[str, list[str]]) -> str
+        Picks the particle block from each block's labels (columns).
+    piece_bytes
+        Approximate size of one piece of the particle loop body (default
+        :data:`PIECE_BYTES`).
+
+    Raises
+    ------
+    InputError
+        Missing/unreadable file, no ``data_`` block, malformed block headers.
+    """
+    path = os.fspath(path)
+    piece_bytes = piece_bytes or PIECE_BYTES
+    with _open_star(path) as mm:
+        layouts = _layouts(mm, path)
+        name = choose_block({k: (v[1] if v[0] == "loop" else list(v[1]))
+                             for k, v in layouts.items()})
+        blocks = {k: _layout_frame(mm, v, path) for k, v in layouts.items() if k != name}
+        layout = layouts[name]
+        pieces: list[tuple[int, int, int, int]] = []
+        if layout[0] == "loop":
+            labels, pos, end = layout[1], layout[2], layout[3]
+            row = 0
+            while pos < end:
+                stop = min(end, pos + piece_bytes)
+                if stop < end:
+                    nl = mm.find(b"\n", stop, end)
+                    stop = end if nl < 0 else nl + 1
+                rows = _data_rows(mm[pos:stop])
+                if rows:
+                    pieces.append((pos, stop, row, rows))
+                row += rows
+                pos = stop
+        else:  # a key/value block is one row (kept parsed; see read_star_rows)
+            labels = list(layout[1])
+            blocks[name] = _layout_frame(mm, layout, path)
+            pieces = [(0, 0, 0, 1)] if labels else []
+    return StarIndex(path, blocks, list(layouts), name, labels, pieces)
+
+
+def read_star_rows(index: StarIndex, start: int, stop: int) -> pd.DataFrame:
+    """Rows ``[start, stop)`` of the particle loop of an indexed STAR file.
+
+    Only the pieces that hold those rows are read and parsed. Columns are typed as by
+    :func:`read_star` within the slice (int64/float64 where every value parses, else str).
+    """
+    if index.pieces and index.pieces[0][1] == 0:  # key/value particle block
+        frame = index.blocks[index.particles_block]
+        return frame.iloc[start:stop].reset_index(drop=True)
+    parts = []
+    with _open_star(index.path) as mm:
+        for b0, b1, r0, nr in index.pieces:
+            if r0 + nr <= start or r0 >= stop:
+                continue
+            frame = _parse_body(mm, b0, b1, index.labels, index.path)
+            if len(frame) != nr:
+                raise InputError(f"{index.path}: line {_count_newlines(mm, b0) + 1}: the "
+                                 f"rows from here could not be split into {nr} rows of "
+                                 f"{len(index.labels)} values")
+            parts.append(frame.iloc[max(0, start - r0):min(nr, stop - r0)])
+    if not parts:
+        return pd.DataFrame({lab: pd.Series([], dtype=object) for lab in index.labels})
+    out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(
+        drop=True)
+    for col in out.columns:
+        if out[col].dtype == object:  # numbers in one piece, text in another
+            out[col] = _numeric_or_str(out[col].astype(str).tolist())
+    return out
+
+
+@contextlib.contextmanager
+def _open_star(path: str) -> Iterator[mmap.mmap]:
+    """Memory-map a STAR file; a missing, empty or unreadable file is an InputError."""
     if not os.path.isfile(path):
         raise InputError(f"{path}: STAR file not found; check the path")
     if os.path.getsize(path) == 0:
         raise InputError(f"{path}: STAR file is empty")
     try:
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            starts = [(m.group(1).decode("utf-8", errors="replace"), m.start(), m.end() + 1)
-                      for m in _DATA_RE.finditer(mm)]
-            if not starts:
-                raise InputError(f"{path}: no data_ block found; is this a STAR file?")
-            blocks: dict[str, pd.DataFrame] = {}
-            for k, (name, _, body_start) in enumerate(starts):
-                block_end = starts[k + 1][1] if k + 1 < len(starts) else len(mm)
-                if name in blocks:
-                    logger.warning("%s: duplicate block data_%s; the last one is used", path, name)
-                blocks[name] = _parse_block(mm, name, min(body_start, block_end), block_end, path)
+            yield mm
     except OSError as exc:
         raise InputError(f"{path}: cannot read STAR file ({exc.strerror or exc})") from exc
-    logger.debug("%s: read blocks %s", path, {k: len(v) for k, v in blocks.items()})
-    return blocks
+
+
+def _layouts(mm, path: str) -> dict[str, tuple]:
+    """Layout of every data block, in file order."""
+    starts = [(m.group(1).decode("utf-8", errors="replace"), m.start(), m.end() + 1)
+              for m in _DATA_RE.finditer(mm)]
+    if not starts:
+        raise InputError(f"{path}: no data_ block found; is this a STAR file?")
+    out: dict[str, tuple] = {}
+    for k, (name, _, body_start) in enumerate(starts):
+        block_end = starts[k + 1][1] if k + 1 < len(starts) else len(mm)
+        if name in out:
+            logger.warning("%s: duplicate block data_%s; the last one is used", path, name)
+        out[name] = _block_layout(mm, name, min(body_start, block_end), block_end, path)
+    return out
 
 
 # --- writing ----------------------------------------------------------------------------
@@ -314,17 +458,45 @@ def _quote(value: str) -> str:
     return value
 
 
-def _column_format(series: pd.Series) -> tuple[str, np.ndarray]:
-    """Return a %-format and an array of values for one column."""
+def _column_spec(series: pd.Series) -> tuple:
+    """Return what decides a column's format: ``(kind, smallest, largest)`` magnitude.
+
+    ``kind`` is ``"i"`` (integers, no missing values), ``"f"`` (other numbers) or ``"s"``;
+    the magnitudes are over finite non-zero values (floats only). Specs of the slices of
+    one column held by different ranks merge with :func:`_merge_specs`.
+    """
     if pd.api.types.is_bool_dtype(series):
-        return "%d", series.to_numpy(dtype=np.int64)
+        return ("i", np.inf, 0.0)
     if pd.api.types.is_integer_dtype(series) and not series.isna().any():
-        return "%d", series.to_numpy(dtype=np.int64)
+        return ("i", np.inf, 0.0)
     if pd.api.types.is_numeric_dtype(series):
         values = series.to_numpy(dtype=np.float64)
         finite = np.abs(values[np.isfinite(values) & (values != 0)])
+        if finite.size:
+            return ("f", float(finite.min()), float(finite.max()))
+        return ("f", np.inf, 0.0)
+    return ("s", np.inf, 0.0)
+
+
+def _merge_specs(specs: list[tuple]) -> tuple:
+    """One spec for a column from the specs of its slices (empty slices are ``None``)."""
+    specs = [s for s in specs if s is not None]
+    if not specs:
+        return ("i", np.inf, 0.0)
+    kinds = {s[0] for s in specs}
+    kind = "s" if "s" in kinds else ("f" if "f" in kinds else "i")
+    return (kind, min(s[1] for s in specs), max(s[2] for s in specs))
+
+
+def _column_format(series: pd.Series, spec: tuple) -> tuple[str, np.ndarray]:
+    """Return a %-format and an array of values for one column, given its spec."""
+    kind, lo, hi = spec
+    if kind == "i":
+        return "%d", series.to_numpy(dtype=np.int64)
+    if kind == "f":
+        values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
         # fixed %.6f unless the column only holds tiny or huge magnitudes
-        if finite.size and (finite.max() < 1e-3 or finite.min() >= 1e15):
+        if np.isfinite(lo) and (hi < 1e-3 or lo >= 1e15):
             return "%.6e", values
         return "%.6f", values
     strings = series.astype(object).where(series.notna(), "nan").astype(str)
@@ -336,14 +508,18 @@ def _column_format(series: pd.Series) -> tuple[str, np.ndarray]:
     return "%s", text
 
 
-def _write_block(fh, name: str, frame: pd.DataFrame) -> None:
-    fh.write(f"\n# version {STAR_VERSION}\n\ndata_{name}\n\nloop_\n")
-    fh.write("".join(f"_{col} #{i + 1}\n" for i, col in enumerate(frame.columns)))
+def _block_header(name: str, columns) -> str:
+    return (f"\n# version {STAR_VERSION}\n\ndata_{name}\n\nloop_\n"
+            + "".join(f"_{col} #{i + 1}\n" for i, col in enumerate(columns)))
+
+
+def _block_rows(frame: pd.DataFrame, specs: list[tuple]) -> Iterator[str]:
+    """Yield the rows of a loop block as text, ``_WRITE_CHUNK_ROWS`` rows at a time."""
     n_rows = len(frame)
     if n_rows == 0 or len(frame.columns) == 0:
-        fh.write("\n")
         return
-    formats, columns = zip(*(_column_format(frame[c]) for c in frame.columns), strict=True)
+    formats, columns = zip(*(_column_format(frame[c], sp)
+                             for c, sp in zip(frame.columns, specs, strict=True)), strict=True)
     row_format = " ".join(formats) + "\n"
     chunk = np.empty((min(_WRITE_CHUNK_ROWS, n_rows), len(columns)), dtype=object)
     for start in range(0, n_rows, _WRITE_CHUNK_ROWS):
@@ -351,11 +527,18 @@ def _write_block(fh, name: str, frame: pd.DataFrame) -> None:
         part = chunk[: stop - start]
         for j, col in enumerate(columns):
             part[:, j] = col[start:stop]
-        fh.write((row_format * (stop - start)) % tuple(part.ravel().tolist()))
+        yield (row_format * (stop - start)) % tuple(part.ravel().tolist())
+
+
+def _write_block(fh, name: str, frame: pd.DataFrame) -> None:
+    fh.write(_block_header(name, frame.columns))
+    for text in _block_rows(frame, [_column_spec(frame[c]) for c in frame.columns]):
+        fh.write(text)
     fh.write("\n")
 
 
-def write_star(path: str | os.PathLike, blocks: Mapping[str, pd.DataFrame]) -> None:
+def write_star(path: str | os.PathLike, blocks: Mapping[str, pd.DataFrame],
+               comm=None) -> None:
     """Write data blocks as RELION-style loop tables, atomically.
 
     Parameters
@@ -367,10 +550,43 @@ def write_star(path: str | os.PathLike, blocks: Mapping[str, pd.DataFrame]) -> N
         ``loop_`` with ``_label #n`` headers. Integer columns are written as integers,
         floats as ``%.6f`` (``%.6e`` for columns of only tiny or huge magnitudes),
         strings quoted with ``"`` when empty or containing whitespace.
+    comm : Comm, optional
+        Collective write (every rank calls it): the rows of the LAST block are
+        distributed, each rank passing its own, written in rank order; the other blocks
+        are rank 0's. Rank 0 writes the file; every other rank formats its rows and sends
+        them in chunks of ``_WRITE_CHUNK_ROWS`` rows, so no rank holds the whole text.
+        Column formats are agreed over all ranks, so the file is the one a single process
+        writes from the concatenated table.
     """
     path = os.fspath(path)
+    if comm is None or comm.size == 1:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(path, "w") as fh:
+            for name, frame in blocks.items():
+                _write_block(fh, name, frame)
+        logger.debug("wrote %s (%s)", path, {k: len(v) for k, v in blocks.items()})
+        return
+    names = list(blocks)
+    last = blocks[names[-1]]
+    mine = [_column_spec(last[c]) if len(last) else None for c in last.columns]
+    specs = [_merge_specs(list(col)) for col in zip(*comm.allgather(mine), strict=True)]
+    rows = _block_rows(last, specs)
+    if comm.rank != 0:
+        for text in rows:
+            comm.send(text, 0, _STAR_TAG)
+        comm.send(None, 0, _STAR_TAG)
+        comm.barrier()
+        return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path, "w") as fh:
-        for name, frame in blocks.items():
-            _write_block(fh, name, frame)
-    logger.debug("wrote %s (%s)", path, {k: len(v) for k, v in blocks.items()})
+        for name in names[:-1]:
+            _write_block(fh, name, blocks[name])
+        fh.write(_block_header(names[-1], last.columns))
+        for text in rows:
+            fh.write(text)
+        for src in range(1, comm.size):
+            while (text := comm.recv(src, _STAR_TAG)) is not None:
+                fh.write(text)
+        fh.write("\n")
+    comm.barrier()
+    logger.debug("wrote %s collectively from %d ranks", path, comm.size)

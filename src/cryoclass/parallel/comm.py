@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 
 class Comm:
-    """Sum-allreduce, broadcast, gather, send/recv and abort on a (maybe absent) communicator."""
+    """Sum-allreduce, bcast, (all)gather, alltoall, send/recv, abort on a communicator."""
 
     def __init__(self, mpi_comm=None):
         self.mpi = mpi_comm
@@ -48,6 +48,12 @@ class Comm:
         if self.mpi is None or self.size == 1:
             return [obj]
         return self.mpi.allgather(obj)
+
+    def alltoall(self, objs: list) -> list:
+        """Send ``objs[r]`` to rank ``r``; return what each rank sent here (pickled)."""
+        if self.mpi is None or self.size == 1:
+            return list(objs)
+        return self.mpi.alltoall(objs)
 
     def send(self, obj, dest: int, tag: int = 0) -> None:
         """Send a small Python object (pickled) to one rank."""

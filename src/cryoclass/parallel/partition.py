@@ -33,12 +33,32 @@ def chunks(n: int, chunk: int):
         yield slice(s, min(n, s + chunk))
 
 
-def half_sets(n: int, seed: int) -> np.ndarray:
-    """Return a fixed random half-set (0/1, balanced) for each of ``n`` particles."""
-    rng = np.random.default_rng([seed, 0x4A1F])
-    h = np.zeros(n, dtype=np.int64)
-    h[rng.permutation(n)[: n // 2]] = 1
-    return h
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """Hash each uint64 value with the splitmix64 finalizer (well mixed, 64 bits)."""
+    z = np.asarray(x, dtype=np.uint64).copy()
+    with np.errstate(over="ignore"):
+        z += np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def half_sets(start: int, stop: int, n: int, seed: int) -> np.ndarray:
+    """Return the fixed random half-set (0/1) of particles ``[start, stop)`` of ``n``.
+
+    Row ``r`` is paired with row ``r + ceil(n/2)``; a hash of the seed and the pair picks
+    which of the two is in half-set 1. So the halves are balanced to one particle,
+    neighbouring rows (often the same micrograph, or duplicate picks) fall into the
+    halves independently, each particle's half depends only on its row and ``n`` (not on
+    the rank count), and no rank needs memory for the whole set.
+    """
+    m = (n + 1) // 2
+    rows = np.arange(start, stop, dtype=np.int64)
+    side = (rows >= m).astype(np.int64)
+    pair = (rows - side * m).astype(np.uint64)
+    key = splitmix64(np.uint64(seed & 0xFFFFFFFF) * np.uint64(0x9E3779B1) + np.uint64(0x4A1F))
+    bit = (splitmix64(pair ^ key) >> np.uint64(63)).astype(np.int64)
+    return bit ^ side
 
 
 def batch_members(n: int, batch: int, seed: int, iteration: int) -> np.ndarray:
