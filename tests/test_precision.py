@@ -28,7 +28,8 @@ def one_iteration(table, state, precision, force_max=True):
                                     f"classify.force_max={str(force_max).lower()}"])
     geom = make_geometry(table.box_px, 4.0, cfg)
     shard = load_shard(table, geom, Comm(None), 0, np, real_dtype=dtypes(cfg)[0])
-    assert shard.coeffs.dtype == (np.complex64 if precision == "single" else np.complex128)
+    assert shard.store.take(np.arange(2)).dtype == (np.complex64 if precision == "single"
+                                                    else np.complex128)
     st = ModelState(0, state.classes.copy(), state.sigma2_init, state.sigma2_est)
     s2 = sigma2_used(st, 0, "full", cfg, geom)
     n = shard.n_local

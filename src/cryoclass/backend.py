@@ -99,6 +99,32 @@ def select_device(local_rank: int, devices: list[int] | None = None) -> int | No
     return dev
 
 
+def device_free_bytes(xp: ModuleType) -> int | None:
+    """Free memory of the current GPU (incl. CuPy's pool), or None for NumPy."""
+    if xp is np:
+        return None
+    free, _ = xp.cuda.runtime.memGetInfo()
+    return int(free) + int(xp.get_default_memory_pool().free_bytes())
+
+
+def pinned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """Return a NumPy array in page-locked (pinned) host memory (fast copies to the GPU)."""
+    import cupy
+
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape))
+    mem = cupy.cuda.alloc_pinned_memory(max(1, count * dtype.itemsize))
+    return np.frombuffer(mem, dtype, count).reshape(shape)
+
+
+def synchronize(a: Any) -> None:
+    """Wait until the device has finished the work queued on the current stream."""
+    if not isinstance(a, np.ndarray) and type(a).__module__.startswith("cupy"):
+        import cupy
+
+        cupy.cuda.get_current_stream().synchronize()
+
+
 def fft_module(xp: ModuleType) -> Any:
     """Return the fastest FFT module for a namespace (scipy.fft on CPU, cupy.fft on GPU)."""
     if xp is np:

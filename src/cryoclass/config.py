@@ -121,6 +121,7 @@ class ComputeConfig:
     chunk_size: int = 128
     devices: str = ""
     scratch_dir: str = ""
+    particle_cache: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -302,6 +303,9 @@ def validate(cfg: Config) -> None:
     need(cfg.compute.backend in ("auto", "numpy", "cupy"),
          f"compute.backend must be auto, numpy or cupy, got {cfg.compute.backend!r}")
     need(cfg.compute.chunk_size >= 1, "compute.chunk_size must be >= 1")
+    need(cfg.compute.particle_cache in ("auto", "device", "host"),
+         f"compute.particle_cache must be auto, device or host, got "
+         f"{cfg.compute.particle_cache!r}")
     need(cfg.compute.precision in ("single", "double"),
          f"compute.precision must be single or double, got {cfg.compute.precision!r}")
     pd = cfg.preprocess.particle_diameter_A

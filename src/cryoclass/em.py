@@ -19,7 +19,6 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -42,6 +41,7 @@ from cryoclass.parallel.partition import (
 )
 from cryoclass.parallel.stats import grouped_median
 from cryoclass.progress import Bar
+from cryoclass.store import make_store
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Shard:
 
     start: int
     stop: int
-    coeffs: object  # (n_local, M) complex64 on the compute device
+    store: object  # (n_local, M) complex64 particles: cryoclass.store (device/host/scratch)
     ctf_params: np.ndarray  # (n_local, 8) float64, CTF_FIELDS order
     half: object  # (n_local,) int64 on device
     n_total: int
@@ -127,51 +127,38 @@ def preprocess(images, geom: Geometry, real_dtype=np.float32):
 
 def load_shard(table, geom: Geometry, comm: Comm, seed: int, xp: ModuleType,
                read_block: int = 512, show_progress: bool = False,
-               real_dtype=np.float32, scratch_dir: str = "") -> Shard:
+               real_dtype=np.float32, scratch_dir: str = "", cache: str = "auto") -> Shard:
     """Read and preprocess this rank's contiguous block of particles.
 
-    With ``scratch_dir`` (NumPy backend), the preprocessed coefficients live in a
-    memory-mapped file ``scratch_dir/cryoclass-rank<r>-<pid>.npy`` (deleted at exit), so a
-    shard larger than the memory is paged from a node-local disk.
+    The preprocessed coefficients go to a :mod:`cryoclass.store` chosen by
+    :func:`cryoclass.store.placement`: the compute device when they fit, else (GPU)
+    pinned host memory streamed per chunk, or with ``scratch_dir`` a file on a node-local
+    disk read back per chunk (``scratch_dir/cryoclass-rank<r>-<pid>.bin``, removed at
+    exit), so a shard larger than the memory still runs.
     """
     n = table_size(table)
     start, stop = block_range(n, comm.size, comm.rank)
     offset = getattr(table, "row_offset", 0)  # a rank's slice starts at its own first row
-    source = table.image_source()
     cdt = np.complex64 if real_dtype == np.float32 else np.complex128
-    shape = (stop - start, geom.n_coeffs)
-    if scratch_dir and xp is np:
-        coeffs = scratch_array(Path(scratch_dir), comm.rank, shape, cdt)
-    else:
-        coeffs = xp.empty(shape, dtype=cdt)
+    store = make_store(xp, (stop - start, geom.n_coeffs), cdt, cache, scratch_dir, comm.rank)
+    source = table.image_source()
     with Bar(stop - start, "read + preprocess (rank 0)", show_progress) as bar:
         for sl in chunks(stop - start, read_block):
             rows = np.arange(start + sl.start, start + sl.stop) - offset
             imgs = xp.asarray(source.read(rows))
-            coeffs[sl] = preprocess(imgs, geom, real_dtype)
+            store.put(sl, preprocess(imgs, geom, real_dtype))
             bar.update(rows.size)
+    if hasattr(source, "close"):  # unmap the stacks: the particles are in the store now
+        source.close()
     meta = table.meta.iloc[start - offset:stop - offset]
     params = np.stack([meta[f].to_numpy(dtype=np.float64) for f in CTF_FIELDS], axis=1)
     half = xp.asarray(half_sets(start, stop, n, seed))
-    return Shard(start, stop, coeffs, params, half, n)
+    return Shard(start, stop, store, params, half, n)
 
 
 def table_size(table) -> int:
     """Return the size of the whole set (a rank's slice knows it as ``n_total``)."""
     return int(getattr(table, "n_total", len(table)))
-
-
-def scratch_array(folder: Path, rank: int, shape: tuple, dtype) -> np.ndarray:
-    """Create a memory-mapped .npy array in ``folder``, removed when the process exits."""
-    import atexit
-    import os
-
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"cryoclass-rank{rank:04d}-{os.getpid()}.npy"
-    arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-    atexit.register(lambda: path.unlink(missing_ok=True))
-    logger.info("rank %d keeps its %.1f MB of particle data in %s", rank, arr.nbytes / 1e6, path)
-    return arr
 
 
 def chunk_ctf(shard: Shard, rows: np.ndarray, geom: Geometry, cfg: Config, xp: ModuleType):
@@ -227,7 +214,7 @@ def initial_noise(shard: Shard, geom: Geometry, comm: Comm, seed: int, xp) -> np
     loc = local_members(members, shard.start, shard.stop)
     buf = np.zeros(2 * geom.n_shells)
     if loc.size:
-        y = shard.coeffs[xp.asarray(loc)]
+        y = shard.store.take(loc)
         pw = (xp.abs(y) ** 2).astype(np.float64).sum(axis=0)
         shell = xp.asarray(geom.shell)
         buf[: geom.n_shells] = to_host(xp.bincount(shell, weights=pw,
@@ -266,7 +253,7 @@ def initial_classes(n_classes: int, geom: Geometry, sigma2_init: np.ndarray,
 class IterationOutput:
     """What one iteration's E-step produced on this rank."""
 
-    packed: np.ndarray  # reduced buffer
+    packed: object  # (layout.total,) float64 buffer to reduce, on the compute device
     local_rows: np.ndarray  # rows (local) processed
     cls: np.ndarray  # (P,) best class
     pmax: np.ndarray  # (P,)
@@ -349,7 +336,7 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
     for sl in chunks(rows_all.size, ps.chunk_size(cfg.compute.chunk_size)):
         rows = rows_all[sl]
         drows = xp.asarray(rows)
-        y = shard.coeffs[drows]
+        y = shard.store.take(rows)
         ctf = chunk_ctf(shard, rows, geom, cfg, xp)
         ar = xp.arange(rows.size)
         t_ph[0] = time.perf_counter()
@@ -384,13 +371,9 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
                                              geom.index, geom.ky, geom.kx, geom.psi_rad,
                                              cfg.search.padding_factor)
     tm["t_class_frame"] = _lap(xp, t_ph)
-    layout.view(buf, "num")[:] = to_host(num_c).reshape(-1).view(np.float64)
-    layout.view(buf, "den")[:] = to_host(den_c).reshape(-1)
-    layout.view(buf, "noise")[:] = to_host(noise)
     counts = np.bincount(geom.shell, minlength=geom.n_shells).astype(np.float64)
     layout.view(buf, "noise_n")[:] = counts * rows_all.size
     layout.view(buf, "class_w")[:] = np.bincount(res["cls"].astype(np.int64), minlength=k)
-    layout.view(buf, "mstep_w")[:] = to_host(mstep_w)
     layout.view(buf, "n")[:] = rows_all.size
     layout.view(buf, "ess_hist")[:] = np.histogram(res["ess"], HIST_BINS,
                                                    (1.0, max(k, 1.0 + 1e-9)))[0]
@@ -410,6 +393,13 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
     layout.view(buf, "psi_change")[:] = np.degrees(dpsi[seen]).sum()
     layout.view(buf, "loglik")[:] = loglik_sum
     layout.view(buf, "flops")[:] = flops
+    # the large sums stay on the compute device: one packed buffer there, summed in place by
+    # a GPU-aware MPI (staged through the host otherwise)
+    buf = xp.asarray(buf)
+    layout.view(buf, "num")[:] = num_c.reshape(-1).view(np.float64)
+    layout.view(buf, "den")[:] = den_c.reshape(-1)
+    layout.view(buf, "noise")[:] = noise
+    layout.view(buf, "mstep_w")[:] = mstep_w
     return IterationOutput(buf, rows_all, res["cls"].astype(np.int64), res["pmax"], res["ess"],
                            res["psi"].astype(np.int64), res["shift"].astype(np.float64),
                            res["score"], tm, flops)
@@ -571,7 +561,8 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
     geom = make_geometry(table.box_px, pixel_A, cfg)
     show = comm.rank == 0 and cfg.output.progress
     shard = load_shard(table, geom, comm, c.seed, xp, show_progress=show,
-                       real_dtype=dtypes(cfg)[0], scratch_dir=cfg.compute.scratch_dir)
+                       real_dtype=dtypes(cfg)[0], scratch_dir=cfg.compute.scratch_dir,
+                       cache=cfg.compute.particle_cache)
     t_pre = time.perf_counter() - t0
     if state is None:
         s2i = initial_noise(shard, geom, comm, c.seed, xp)
@@ -591,7 +582,7 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
                             last_psi, layout, show_progress=show)
         t_e = time.perf_counter() - t_it
         t_red = time.perf_counter()
-        buf = comm.allreduce_sum(out.packed)
+        buf = comm.allreduce_sum_to_host(out.packed)
         t_red = time.perf_counter() - t_red
         num = layout.view(buf, "num").view(np.complex128).reshape(2, k, -1).copy()
         den = layout.view(buf, "den").reshape(2, k, -1).copy()
@@ -670,6 +661,7 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
             raise StopRequested(it + 1)
     if final is None:
         raise RuntimeError("checkpoint is past the last iteration: nothing to resume")
+    shard.store.close()  # frees the particles (deletes a scratch file) before the outputs
     return finish(state, shard, geom, cfg, comm, final, com_final, alpha_final,
                   {"preprocess_s": t_pre, "total_s": time.perf_counter() - t0})
 
