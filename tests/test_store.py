@@ -70,3 +70,32 @@ def test_gpu_aware_mpi_detection(monkeypatch):
     assert gpu_aware_mpi({}) is False
     if not os.path.exists("/proc/self/maps"):
         pytest.skip("no /proc")
+
+
+@pytest.mark.gpu
+def test_gpu_stores_and_classification_agree(xp):
+    """On a GPU: pinned streaming and the device cache give the same rows and classes."""
+    if xp is np:
+        pytest.skip("the NumPy stores are tested above")
+    from cryoclass.backend import pinned_empty, to_host
+    from cryoclass.config import load_config
+    from cryoclass.em import classify
+    from cryoclass.parallel.comm import Comm
+
+    from engine_fixtures import make_problem
+
+    data = _data()
+    store = HostStreamStore(xp, data.shape, np.complex64, alloc=pinned_empty)
+    store.put(slice(0, len(data)), xp.asarray(data))
+    rows = np.array([3, 4, 5, 200])
+    np.testing.assert_array_equal(to_host(store.take(rows)), data[rows])
+    table, _ = make_problem(n_per=30, snr=0.3)
+    opts = ["classify.n_classes=3", "classify.max_res_A=12", "classify.online_em_iters=2",
+            "classify.batch_size_per_class=30", "search.psi_step_deg=10",
+            "mask.inner_diameter_A=160"]
+    out = {}
+    for cache in ("device", "host"):
+        cfg = load_config(None, opts + [f"compute.particle_cache={cache}"])
+        out[cache] = classify(table, cfg, Comm(None), xp)
+    np.testing.assert_array_equal(out["device"].particles.class_index,
+                                  out["host"].particles.class_index)

@@ -84,7 +84,7 @@ _FLAG_MAP = {  # common flags -> config keys
     "mask_diameter": "mask.inner_diameter_A", "mask_diameter_outer": "mask.outer_diameter_A",
     "psi_step": "search.psi_step_deg", "shift_range": "search.shift_range_A",
     "backend": "compute.backend", "min_separation": "duplicates.min_separation_A",
-    "scratch": "compute.scratch_dir",
+    "scratch": "compute.scratch_dir", "devices": "compute.devices",
     "particle_diameter": "preprocess.particle_diameter_A",
 }
 _SWITCHES = {  # store_true flags -> (config key, value)
@@ -156,9 +156,12 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shift-range", type=float, metavar="A", help="translation range (Å)")
     g.add_argument("--seed", type=int, help="random seed (default 0)")
     g.add_argument("--backend", choices=["auto", "numpy", "cupy"], help="array backend")
+    g.add_argument("--devices", metavar="IDS",
+                   help="comma-separated GPU ids; each rank takes one by its rank on the "
+                        "node (default: all visible devices)")
     g.add_argument("--scratch", metavar="DIR",
-                   help="keep preprocessed particles in memory-mapped files in DIR "
-                        "(node-local SSD) instead of RAM")
+                   help="keep preprocessed particles in a file per rank in DIR "
+                        "(node-local SSD), read back per chunk, instead of RAM")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--no-plots", action="store_true", help="no per-iteration figures")
 
@@ -273,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="ranks, nodes, MPI library, backend and devices")
     i.add_argument("--backend", choices=["auto", "numpy", "cupy"], default="auto")
+    i.add_argument("--devices", metavar="IDS", default="",
+                   help="comma-separated GPU ids (as for classify)")
     i.set_defaults(func=cmd_info)
     return p
 
@@ -288,31 +293,32 @@ def cmd_config(args, comm) -> int:
     return 0
 
 
+def parse_devices(text: str) -> list[int] | None:
+    """GPU ids from ``"0,2,3"`` (None for all visible devices)."""
+    try:
+        return [int(d) for d in str(text).split(",") if d.strip()] or None
+    except ValueError:
+        raise InputError(f"--devices {text!r}: give comma-separated GPU ids, e.g. 0,1") \
+            from None
+
+
 def cmd_info(args, comm) -> int:
     """Describe the parallel environment."""
     from cryoclass.backend import cupy_available, select_device
 
     lr = local_rank(comm)
-    dev = select_device(lr) if args.backend != "numpy" else None
+    dev = select_device(lr, parse_devices(args.devices)) if args.backend != "numpy" else None
     import platform
 
     row = (comm.rank, platform.node(), lr, dev)
     rows = comm.gather(row)
     if comm.rank == 0:
         lib = "none (single process)"
-        aware = "no"
         if comm.mpi is not None:
             from mpi4py import MPI
 
             lib = MPI.Get_library_version().splitlines()[0].strip()
-            try:
-                from mpi4py.util import pkl5  # noqa: F401
-
-                aware = "unknown"
-                if "MPICH" in lib.upper() or "OPEN MPI" in lib.upper():
-                    aware = "yes" if os.environ.get("MPIR_CVAR_ENABLE_GPU") == "1" else "no"
-            except ImportError:
-                pass
+        aware = "yes" if comm.gpu_aware else "no (GPU buffers are staged through the host)"
         nodes = sorted({r[1] for r in rows})
         print(f"cryoclass {__version__}")
         print(f"ranks: {comm.size} on {len(nodes)} node(s): {', '.join(nodes)}")
@@ -500,8 +506,7 @@ def run_classify(args, cfg, comm) -> int:
     setup_logging(comm.rank, -1 if args.quiet else args.verbose, outdir / "logs")
     xp = get_namespace(cfg.compute.backend)
     if xp.__name__ == "cupy":
-        devs = [int(d) for d in cfg.compute.devices.split(",") if d.strip()] or None
-        select_device(local_rank(comm), devs)
+        select_device(local_rank(comm), parse_devices(cfg.compute.devices))
     logger.info("cryoclass %s: %d particles from %s, %d classes, %d rank(s), backend %s",
                 __version__, table.n_total, args.particles,
                 cfg.classify.n_classes, comm.size,

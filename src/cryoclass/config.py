@@ -303,6 +303,8 @@ def validate(cfg: Config) -> None:
     need(cfg.compute.backend in ("auto", "numpy", "cupy"),
          f"compute.backend must be auto, numpy or cupy, got {cfg.compute.backend!r}")
     need(cfg.compute.chunk_size >= 1, "compute.chunk_size must be >= 1")
+    need(all(d.strip().isdigit() for d in cfg.compute.devices.split(",") if d.strip()),
+         f"compute.devices must be comma-separated GPU ids, got {cfg.compute.devices!r}")
     need(cfg.compute.particle_cache in ("auto", "device", "host"),
          f"compute.particle_cache must be auto, device or host, got "
          f"{cfg.compute.particle_cache!r}")
