@@ -10,8 +10,8 @@ MPIEXEC := $(VENV)/bin/mpiexec
 RANKS ?= 2
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast lint clean bench relion-compare report-screenshot \
-	test-mpi-hdf5 interop-tools
+.PHONY: install demo test test-fast lint clean bench bench-memory relion-compare \
+	report-screenshot test-mpi-hdf5 interop-tools
 
 # The system-MPI stack (what cluster users run): Debian's Open MPI, mpi4py and an
 # MPI-enabled h5py (parallel HDF5) under the system Python, with cryoclass's other
@@ -83,6 +83,10 @@ interop-tools: install
 
 bench: install
 	$(MPIEXEC) -n $(RANKS) $(VENV)/bin/cryoclass -q bench --n 1000 --classes 50 --max-res 6
+
+# peak RSS per rank against N (10k-500k simulated particles; about an hour on 2 cores)
+bench-memory: install
+	bash launch/memory_bench.sh memory_bench
 
 relion-compare: install
 	bash launch/compare_relion.sh

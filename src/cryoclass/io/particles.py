@@ -572,7 +572,7 @@ def load_particles(path: str | os.PathLike, *, ctf: bool = True, project_dir: st
 
     def read():
         if plan.fmt == "cs":
-            arr = np.array(read_cs(path, mmap=True)[start:stop])
+            arr = read_cs(path, mmap=True)[start:stop]  # file-backed: read when written
             return arr, _cs_stacks(arr)[1]
         idx = plan.star
         parts = read_star_rows(idx, start, stop)
