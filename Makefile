@@ -73,7 +73,7 @@ test-mpi-hdf5: $(MPI_STAMP)
 	H5PY_ALWAYS_USE_MPI=1 CRYOCLASS_TEST_MPIEXEC="$(SYSTEM_MPIRUN)" $(MPI_VENV)/bin/python -c \
 		"import h5py; assert h5py.get_config().mpi, 'h5py without MPI'"
 	H5PY_ALWAYS_USE_MPI=1 CRYOCLASS_TEST_MPIEXEC="$(SYSTEM_MPIRUN)" $(MPI_VENV)/bin/python \
-		-m pytest -q tests/test_parallel_hdf5.py tests/test_mpi.py
+		-m pytest -q tests/test_parallel_hdf5.py tests/test_mpi.py tests/test_collective_io.py
 
 # the real RELION and cryoSPARC tools used by tests/test_interop.py (skipped without them)
 interop-tools: install

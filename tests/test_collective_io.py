@@ -32,6 +32,10 @@ def run(args, n=None, timeout=300):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def cli(*args, n=None, timeout=300):
+    return run(["-m", "cryoclass", *args], n=n, timeout=timeout)
+
+
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):
     """A simulated STAR set with two awkward extra columns, and the same set as .cs."""
@@ -114,7 +118,7 @@ def test_every_rank_count_writes_the_files_one_process_writes(sets, tmp_path, fm
 
 @pytest.mark.mpi
 def test_errors_in_the_last_ranks_rows_stop_every_rank(sets, tmp_path):
-    from test_cli import cli, one_line_error
+    from test_cli import one_line_error
 
     d = tmp_path / "bad"
     shutil.copytree(sets["star"].parent, d)
