@@ -37,7 +37,7 @@ class ArrayTable:
     def __len__(self):
         return len(self.meta)
 
-    def image_source(self):
+    def image_source(self, max_open=64):
         return ArraySource(self.images)
 
 

@@ -462,18 +462,10 @@ class _StopFlag:
 
 def log_peak_memory(comm) -> list[float]:
     """Log every rank's peak resident memory (MB) on rank 0; returns the list there."""
-    import resource
+    from cryoclass.resources import peak_rss_mb, rss_now_mb
 
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
-    now = {}
-    try:  # anonymous (heap) vs file-backed (memory-mapped stacks, scratch) pages, now
-        for line in open("/proc/self/status"):
-            if line.startswith(("RssAnon:", "RssFile:")):
-                now[line.split(":")[0]] = float(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    rows = comm.gather((peak_mb, now.get("RssAnon", float("nan")),
-                        now.get("RssFile", float("nan"))))
+    now = rss_now_mb()  # anonymous (heap) vs file-backed (mapped stacks, libraries), now
+    rows = comm.gather((peak_rss_mb(), now["RssAnon"], now["RssFile"]))
     if comm.rank == 0:
         logger.info("peak memory per rank (MB): %s; at the end, anonymous / file-backed "
                     "(MB): %s", ", ".join(f"{r[0]:.0f}" for r in rows),
@@ -492,6 +484,7 @@ def run_classify(args, cfg, comm) -> int:
     from cryoclass.em import StopRequested, classify
     from cryoclass.io.checkpoint import load_checkpoint, save_checkpoint
     from cryoclass.outputs import provenance, write_outputs
+    from cryoclass.resources import log_memory
 
     outdir = Path(args.out)
     table = _load_inputs(args, cfg, comm)
@@ -507,6 +500,7 @@ def run_classify(args, cfg, comm) -> int:
     xp = get_namespace(cfg.compute.backend)
     if xp.__name__ == "cupy":
         select_device(local_rank(comm), parse_devices(cfg.compute.devices))
+    log_memory("after reading the particle metadata")
     logger.info("cryoclass %s: %d particles from %s, %d classes, %d rank(s), backend %s",
                 __version__, table.n_total, args.particles,
                 cfg.classify.n_classes, comm.size,
@@ -542,8 +536,10 @@ def run_classify(args, cfg, comm) -> int:
         finally:
             if diag is not None:
                 diag.close()
+        log_memory("after the iterations")
         prov = provenance(sys.argv, comm.size, xp.__name__, args.particles)
         write_outputs(outdir, table, result, cfg, prov, comm)
+        log_memory("after writing the outputs")
         log_peak_memory(comm)
         if comm.rank == 0:
             from cryoclass.report import build_report

@@ -41,6 +41,7 @@ from cryoclass.parallel.partition import (
 )
 from cryoclass.parallel.stats import grouped_median
 from cryoclass.progress import Bar
+from cryoclass.resources import log_memory
 from cryoclass.store import make_store
 
 logger = logging.getLogger(__name__)
@@ -141,7 +142,9 @@ def load_shard(table, geom: Geometry, comm: Comm, seed: int, xp: ModuleType,
     offset = getattr(table, "row_offset", 0)  # a rank's slice starts at its own first row
     cdt = np.complex64 if real_dtype == np.float32 else np.complex128
     store = make_store(xp, (stop - start, geom.n_coeffs), cdt, cache, scratch_dir, comm.rank)
-    source = table.image_source()
+    # rows are read in order, so few stacks need to stay mapped (their pages count as the
+    # rank's resident memory while mapped)
+    source = table.image_source(max_open=8)
     with Bar(stop - start, "read + preprocess (rank 0)", show_progress) as bar:
         for sl in chunks(stop - start, read_block):
             rows = np.arange(start + sl.start, start + sl.stop) - offset
@@ -564,6 +567,7 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
                        real_dtype=dtypes(cfg)[0], scratch_dir=cfg.compute.scratch_dir,
                        cache=cfg.compute.particle_cache)
     t_pre = time.perf_counter() - t0
+    log_memory("after preprocessing")
     if state is None:
         s2i = initial_noise(shard, geom, comm, c.seed, xp)
         state = ModelState(0, initial_classes(k, geom, s2i, c.seed), s2i, s2i.copy())
@@ -641,6 +645,7 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
         state.sigma2_est = est
         state.iteration = it + 1
         state.history.append(record)
+        log_memory(f"after iteration {it + 1}")
         if comm.rank == 0:
             logger.info(
                 "iter %d/%d %s %d/%d: %d particles, %.2f s (%.0f particles/s); "

@@ -111,8 +111,11 @@ class _StagedStore:
         rows = np.asarray(rows, dtype=np.int64)
         buf = self._buffer(rows.size)
         self._gather(rows, buf)
-        out = self.xp.asarray(buf)  # host -> device copy (a copy on NumPy too)
-        return out.copy() if out is buf else out
+        out = self.xp.asarray(buf)  # host -> device copy
+        if out is buf:  # NumPy: the buffer itself; it is reused, so return a copy
+            return buf.copy()
+        backend.synchronize(out)  # the copy out of the staging buffer ends before its reuse
+        return out
 
 
 class HostStreamStore(_StagedStore):

@@ -1,6 +1,8 @@
 """Load a particle set collectively and write it back as every rank count must.
 
 Usage: mpiexec -n R python collective_io.py PARTICLES OUTDIR PIECE_BYTES [--no-mpi]
+(PIECE_BYTES below 1 MiB: STAR pieces of that size, and rows converted and written in
+chunks of 50 and 37.)
 
 Each rank loads its slice, gives its particles a synthetic alignment that depends only on
 the particle's row in the set, finds duplicates over all ranks, and the ranks write
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+import cryoclass.io.particles as particles
 import cryoclass.io.star as star
 from cryoclass.io.particles import (
     load_particles,
@@ -27,6 +30,9 @@ from cryoclass.parallel.stats import grouped_median
 
 path, out, piece = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 star.PIECE_BYTES = piece
+if piece < 1 << 20:  # small pieces: also convert and write in small chunks
+    particles.CHUNK_ROWS = 50
+    particles.WRITE_CHUNK_ROWS = 37
 if "--no-mpi" in sys.argv:
     comm = Comm(None)
 else:

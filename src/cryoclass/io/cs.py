@@ -83,7 +83,7 @@ def _storable(arr: np.ndarray) -> np.ndarray:
     return with_fields(arr, {n: _bytes_dtype(np.asarray(arr[n])) for n in bad})
 
 
-def write_cs(path: str | os.PathLike, arr: np.ndarray, comm=None) -> None:
+def write_cs(path: str | os.PathLike, arr, comm=None) -> None:
     """Write a structured array as a ``.cs`` file, atomically.
 
     The bytes are exactly those :func:`numpy.save` writes (no ``.npy`` suffix is added).
@@ -95,24 +95,52 @@ def write_cs(path: str | os.PathLike, arr: np.ndarray, comm=None) -> None:
     path
         Destination; replaced atomically.
     arr
-        One-dimensional structured array.
+        One-dimensional structured array, or a callable returning an iterator of such
+        arrays (consecutive row chunks with the same fields, at least one): it is called
+        twice, to agree on one dtype and to write, so one chunk is in memory at a time.
     comm : Comm, optional
         Collective write (every rank calls it with its own rows, written in rank order):
         the ranks agree on one dtype (the widest of each bytes field), rank 0 writes the
         header and its rows, then every other rank's rows as they arrive in chunks, so no
         rank holds the whole array. The file equals ``numpy.save`` of the concatenation.
     """
-    if arr.dtype.names is None:
-        raise ValueError("write_cs needs a structured array")
-    arr = _storable(np.ascontiguousarray(arr))
+    from cryoclass.parallel.comm import Comm
+
+    comm = comm if comm is not None else Comm(None)
+    chunks = arr if callable(arr) else (lambda: iter([arr]))
+    dtypes, n_local = [], 0
+    for a in chunks():  # first pass: one dtype and the row count
+        if a.dtype.names is None:
+            raise ValueError("write_cs needs a structured array")
+        dtypes.append(_storable(np.ascontiguousarray(a)).dtype)
+        n_local += len(a)
+    dtype = common_dtype([d for part in comm.allgather(dtypes) for d in part])
+    n_total = int(sum(comm.allgather(n_local)))
+    step = max(1, _CS_CHUNK_BYTES // max(dtype.itemsize, 1))
+
+    def pieces():
+        for a in chunks():
+            a = _storable(np.ascontiguousarray(a)).astype(dtype, copy=False)
+            for s in range(0, len(a), step):
+                yield a[s:s + step].tobytes()
+
     path = os.fspath(path)
-    if comm is not None and comm.size > 1:
-        _write_cs_collective(path, arr, comm)
+    if comm.rank != 0:
+        for data in pieces():
+            comm.send(data, 0, _CS_TAG)
+        comm.send(None, 0, _CS_TAG)
+        comm.barrier()
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path, "wb") as fh:
-        np.save(fh, arr, allow_pickle=False)
-    logger.debug("wrote %s (%d rows)", path, len(arr))
+        fh.write(_npy_header(dtype, n_total))
+        for data in pieces():
+            fh.write(data)
+        for src in range(1, comm.size):
+            while (data := comm.recv(src, _CS_TAG)) is not None:
+                fh.write(data)
+    comm.barrier()
+    logger.debug("wrote %s (%d rows) from %d rank(s)", path, n_total, comm.size)
 
 
 def common_dtype(dtypes: list[np.dtype]) -> np.dtype:
@@ -154,28 +182,6 @@ def _npy_header(dtype: np.dtype, n: int) -> bytes:
 
 _CS_TAG = 0x0C5A
 _CS_CHUNK_BYTES = 16 << 20
-
-
-def _write_cs_collective(path: str, arr: np.ndarray, comm) -> None:
-    dtype = common_dtype(comm.allgather(arr.dtype))
-    arr = arr.astype(dtype, copy=False)
-    n_total = int(sum(comm.allgather(len(arr))))
-    step = max(1, _CS_CHUNK_BYTES // max(dtype.itemsize, 1))
-    if comm.rank != 0:
-        for s in range(0, len(arr), step):
-            comm.send(arr[s:s + step].tobytes(), 0, _CS_TAG)
-        comm.send(None, 0, _CS_TAG)
-        comm.barrier()
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path, "wb") as fh:
-        fh.write(_npy_header(dtype, n_total))
-        fh.write(arr.tobytes())
-        for src in range(1, comm.size):
-            while (data := comm.recv(src, _CS_TAG)) is not None:
-                fh.write(data)
-    comm.barrier()
-    logger.debug("wrote %s (%d rows) collectively from %d ranks", path, n_total, comm.size)
 
 
 def with_fields(arr: np.ndarray, values: dict[str, np.ndarray]) -> np.ndarray:

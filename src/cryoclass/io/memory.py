@@ -37,8 +37,8 @@ class InMemoryTable:
     def __len__(self) -> int:
         return len(self.meta)
 
-    def image_source(self) -> ArrayImageSource:
-        """Image reader over the array."""
+    def image_source(self, max_open: int = 64) -> ArrayImageSource:
+        """Image reader over the array (``max_open`` is for the file-backed readers)."""
         return ArrayImageSource(self.images)
 
 

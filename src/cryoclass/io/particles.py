@@ -34,7 +34,7 @@ from cryoclass.errors import InputError
 from cryoclass.io import fields as F
 from cryoclass.io.cs import read_cs, with_fields, write_cs
 from cryoclass.io.mrc import ImageSource, read_header
-from cryoclass.io.star import StarIndex, index_star, read_star_rows, write_star
+from cryoclass.io.star import StarIndex, concat_rows, index_star, read_star_rows, write_star
 from cryoclass.parallel.comm import Comm
 from cryoclass.parallel.partition import block_range, splitmix64
 
@@ -482,27 +482,76 @@ class _Plan:
 
     fmt: str  # "star" or "cs"
     n: int
+    base: str  # folder that relative stack paths are resolved against
     star: StarIndex | None = None
 
 
-def _plan(path: str) -> _Plan:
-    """Inspect a particle file (rank 0): format, particle count, STAR layout."""
+#: Rows converted at a time (.cs input; STAR input goes by the pieces of its index).
+CHUNK_ROWS = 65536
+#: Rows of an output STAR/.cs built and formatted at a time.
+WRITE_CHUNK_ROWS = 50_000
+
+
+def _plan(path: str, project_dir: str | None) -> _Plan:
+    """Inspect a particle file (rank 0): format, particle count, STAR layout, stack folder."""
     if not os.path.exists(path):
         raise InputError(f"{path}: particle file not found; check the path")
     suffix = Path(path).suffix.lower()
+    candidates = _base_candidates(os.path.dirname(path), project_dir)
     if suffix == ".star":
         index = index_star(path, lambda labels: _find_particle_block(labels, path))
         if index.n_rows == 0:
             raise InputError(f"{path}: data_{index.particles_block} holds no particles")
-        return _Plan("star", index.n_rows, index)
+        first = read_star_rows(index, 0, min(index.n_rows, 5000))[F.RLN_IMAGE_NAME]
+        stacks = _split_image_names(first, path)[2]
+        return _Plan("star", index.n_rows, _choose_base(stacks, candidates, "image stack"),
+                     index)
     if suffix == ".cs":
         arr = read_cs(path, mmap=True)
         if len(arr) == 0:
             raise InputError(f"{path}: the .cs file holds no particles")
         _check_cs_fields(set(arr.dtype.names), path)
-        return _Plan("cs", len(arr))
+        stacks = _cs_stacks(arr[:5000])[1]
+        return _Plan("cs", len(arr), _choose_base(stacks, candidates, "image stack"))
     raise InputError(f"{path}: unknown particle file type {suffix or '(no suffix)'!r}; "
                      "give a RELION .star or a CryoSPARC .cs file")
+
+
+def _row_chunks(plan: _Plan, start: int, stop: int) -> list[tuple[int, int]]:
+    """Row ranges covering ``[start, stop)``: the STAR index's pieces, or blocks of rows."""
+    if plan.fmt == "star":
+        inner = {p[2] for p in plan.star.pieces if start < p[2] < stop}
+    else:
+        inner = set(range(start + CHUNK_ROWS, stop, CHUNK_ROWS))
+    cuts = [start, *sorted(inner), stop]
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
+
+
+def _read_slice(plan: _Plan, path: str, start: int, stop: int, ctf: bool):
+    """Read and convert rows ``[start, stop)`` one chunk at a time.
+
+    Returns (canonical meta, raw rows (STAR frame or .cs memory map), has_locations, box).
+    Converting per chunk keeps the temporary memory of parsing bounded by the chunk.
+    """
+    metas, raws, flags, boxes = [], [], set(), set()
+    cs = read_cs(path, mmap=True) if plan.fmt == "cs" else None
+    optics = None
+    if plan.fmt == "star" and plan.star.particles_block != F.STAR_BLOCK_OPTICS:
+        optics = plan.star.blocks.get(F.STAR_BLOCK_OPTICS)
+    for a, b in _row_chunks(plan, start, stop):
+        if cs is not None:
+            out, has_loc, box = _cs_meta(cs[a:b], path, ctf, plan.base, a)
+        else:
+            raw = read_star_rows(plan.star, a, b)
+            out, has_loc, box = _star_meta(_join_optics(raw, optics, path, a), b - a, path,
+                                           ctf, plan.base, a)
+            raws.append(raw)
+        metas.append(_make_meta(out))
+        flags.add(has_loc)
+        boxes.add(box)
+    meta = pd.concat(metas, ignore_index=True) if len(metas) > 1 else metas[0]
+    raw = cs[start:stop] if cs is not None else concat_rows(raws)
+    return meta, raw, flags == {True}, boxes.pop() if len(boxes) == 1 else 0
 
 
 def _agree_dtypes(frame: pd.DataFrame, comm: Comm) -> pd.DataFrame:
@@ -565,42 +614,22 @@ def load_particles(path: str | os.PathLike, *, ctf: bool = True, project_dir: st
     """
     path = os.fspath(path)
     comm = comm if comm is not None else Comm(None)
-    plan = _collectively(comm, lambda: _plan(path) if comm.rank == 0 else None)
+    plan = _collectively(comm, lambda: _plan(path, project_dir) if comm.rank == 0 else None)
     plan = comm.bcast(plan)
     start, stop = block_range(plan.n, comm.size, comm.rank)
     n = stop - start
-
-    def read():
-        if plan.fmt == "cs":
-            arr = read_cs(path, mmap=True)[start:stop]  # file-backed: read when written
-            return arr, _cs_stacks(arr)[1]
-        idx = plan.star
-        parts = read_star_rows(idx, start, stop)
-        return parts, _split_image_names(parts[F.RLN_IMAGE_NAME], path, start)[2]
-
-    raw, stacks = _collectively(comm, read)
-    base = comm.bcast(_choose_base(stacks, _base_candidates(os.path.dirname(path),
-                                                            project_dir), "image stack")
-                      if comm.rank == 0 else None)
-
-    def convert():
-        if plan.fmt == "cs":
-            return _cs_meta(raw, path, ctf, base, start)
-        idx = plan.star
-        optics = (idx.blocks.get(F.STAR_BLOCK_OPTICS)
-                  if idx.particles_block != F.STAR_BLOCK_OPTICS else None)
-        return _star_meta(_join_optics(raw, optics, path, start), n, path, ctf, base, start)
-
-    columns, has_locations, box = _collectively(comm, convert)
+    meta, raw, has_locations, box = _collectively(
+        comm, lambda: _read_slice(plan, path, start, stop, ctf))
+    base = plan.base
     if plan.fmt == "star":
         raw = _agree_dtypes(raw, comm)
         blocks = {name: (raw if name == plan.star.particles_block else plan.star.blocks[name])
                   for name in plan.star.block_order}
-        table = ParticleTable(meta=_make_meta(columns), source_format="star", source_path=path,
+        table = ParticleTable(meta=meta, source_format="star", source_path=path,
                               star_blocks=blocks, particles_block=plan.star.particles_block,
                               has_ctf=ctf, has_locations=has_locations, base_dir=base)
-    else:
-        table = ParticleTable(meta=_make_meta(columns), source_format="cs", source_path=path,
+    else:  # the .cs rows stay in the memory-mapped file until they are written
+        table = ParticleTable(meta=meta, source_format="cs", source_path=path,
                               cs_array=raw, has_ctf=ctf, has_locations=has_locations,
                               base_dir=base)
     table.row_offset, table.n_total = start, plan.n
@@ -736,21 +765,36 @@ def _star_particles_from_meta(table: ParticleTable, rows: np.ndarray) -> pd.Data
     return parts
 
 
-def _star_output(table: ParticleTable, rows: np.ndarray, al: dict[str, np.ndarray] | None,
-                 ctf_off: bool, comm: Comm) -> dict[str, pd.DataFrame]:
-    """Blocks of a RELION 3.1 particle STAR for ``rows`` of ``table`` (collective)."""
-    optics: pd.DataFrame | None = None
+def _output_optics(table: ParticleTable, ctf_off: bool,
+                   comm: Comm) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """Return the optics block of an output STAR and, when built here, each group.
+
+    RELION 3.1 input keeps its optics block; RELION 3.0 and .cs input get one group per
+    distinct pixel size / voltage / Cs / amplitude contrast (collective).
+    """
+    raw = None if table.star_blocks is None else table.star_blocks[table.particles_block]
+    if (raw is not None and table.particles_block != F.STAR_BLOCK_OPTICS
+            and F.RLN_OPTICS_GROUP in raw and F.STAR_BLOCK_OPTICS in table.star_blocks):
+        optics, gid = table.star_blocks[F.STAR_BLOCK_OPTICS].copy(), None
+    else:
+        optics, gid = _optics_from_meta(table, comm)
+    if ctf_off:
+        for label, value in ((F.RLN_SPHERICAL_ABERRATION, 0.0), (F.RLN_AMPLITUDE_CONTRAST, 1.0)):
+            optics[label] = value
+        if F.RLN_VOLTAGE not in optics and (raw is None or F.RLN_VOLTAGE not in raw):
+            optics[F.RLN_VOLTAGE] = F.DEFAULT_VOLTAGE_KV
+    return optics, gid
+
+
+def _star_particles(table: ParticleTable, rows: np.ndarray, al: dict[str, np.ndarray] | None,
+                    ctf_off: bool, gid: np.ndarray | None) -> pd.DataFrame:
+    """Return the particle block of an output STAR for ``rows`` (``al``: alignments)."""
     if table.star_blocks is not None:
         parts = table.star_blocks[table.particles_block].iloc[rows].reset_index(drop=True)
-        if (table.particles_block != F.STAR_BLOCK_OPTICS and F.RLN_OPTICS_GROUP in parts
-                and F.STAR_BLOCK_OPTICS in table.star_blocks):
-            optics = table.star_blocks[F.STAR_BLOCK_OPTICS].copy()
     else:
         parts = _star_particles_from_meta(table, rows)
-    if optics is None:  # RELION 3.0 or .cs input: build the optics block
-        optics, gid = _optics_from_meta(table, comm)
+    if gid is not None:
         parts[F.RLN_OPTICS_GROUP] = gid[rows]
-
     psize = table.meta[F.PIXEL_SIZE_A].to_numpy()[rows]
     if al is not None:
         origin_x_A = -al["shift_x_A"].astype(np.float64) + 0.0  # + 0.0: no "-0.000000"
@@ -767,7 +811,6 @@ def _star_output(table: ParticleTable, rows: np.ndarray, al: dict[str, np.ndarra
         ess = np.nan_to_num(al["ess"].astype(np.float64), nan=1.0, posinf=1.0)
         parts[F.RLN_NR_OF_SIGNIFICANT_SAMPLES] = np.maximum(1, np.rint(ess)).astype(np.int64)
         parts[F.RLN_LOG_LIKELI_CONTRIBUTION] = al["score"].astype(np.float64)
-
     if ctf_off:
         for label in (F.RLN_DEFOCUS_U, F.RLN_DEFOCUS_V, F.RLN_DEFOCUS_ANGLE):
             parts[label] = 0.0
@@ -775,12 +818,22 @@ def _star_output(table: ParticleTable, rows: np.ndarray, al: dict[str, np.ndarra
             if label in parts:
                 parts[label] = 0.0
         for label, value in ((F.RLN_SPHERICAL_ABERRATION, 0.0), (F.RLN_AMPLITUDE_CONTRAST, 1.0)):
-            optics[label] = value
             if label in parts:
                 parts[label] = value
-        if F.RLN_VOLTAGE not in optics and F.RLN_VOLTAGE not in parts:
-            optics[F.RLN_VOLTAGE] = F.DEFAULT_VOLTAGE_KV
-    return {F.STAR_BLOCK_OPTICS: optics, F.STAR_BLOCK_PARTICLES: parts}
+    return parts
+
+
+def _in_chunks(rows: np.ndarray, al: dict[str, np.ndarray] | None, make):
+    """Return a callable yielding ``make(rows_chunk, al_chunk)`` chunk by chunk.
+
+    Chunks hold ``WRITE_CHUNK_ROWS`` rows (at least one chunk, maybe empty), for the
+    chunked collective writers.
+    """
+    def produce():
+        for s in range(0, max(len(rows), 1), WRITE_CHUNK_ROWS):
+            sub = {k: v[s:s + WRITE_CHUNK_ROWS] for k, v in al.items()} if al else al
+            yield make(rows[s:s + WRITE_CHUNK_ROWS], sub)
+    return produce
 
 
 def _uids(table: ParticleTable, rows: np.ndarray) -> np.ndarray:
@@ -794,16 +847,15 @@ def _uids(table: ParticleTable, rows: np.ndarray) -> np.ndarray:
                       + np.asarray(rows, dtype=np.uint64) + np.uint64(table.row_offset))
 
 
-def _micrograph_shapes(table: ParticleTable, mics: np.ndarray,
-                       comm: Comm) -> np.ndarray | None:
-    """(n, 2) [ny, nx] of each particle's micrograph from MRC headers; None if any is missing.
+def _micrograph_shapes(table: ParticleTable, comm: Comm) -> dict[str, tuple] | None:
+    """[ny, nx] of every micrograph of this rank's particles, from MRC headers.
 
-    Collective: None on every rank when any rank misses a micrograph.
+    Collective: None on every rank when any rank misses a micrograph (the .cs output then
+    has no location/* fields).
     """
-    codes, uniques = pd.factorize(mics)
-    shapes = np.zeros((len(uniques), 2), dtype=np.uint32)
+    shapes: dict[str, tuple] = {}
     problem = None
-    for k, name in enumerate(uniques):
+    for name in pd.unique(table.meta[F.MICROGRAPH].to_numpy(dtype=object)):
         mic = name if os.path.isabs(name) else os.path.join(table.base_dir, name)
         if not os.path.isfile(mic):
             problem = f"micrograph {mic} not found"
@@ -813,17 +865,18 @@ def _micrograph_shapes(table: ParticleTable, mics: np.ndarray,
         except InputError as exc:
             problem = str(exc)
             break
-        shapes[k] = (info.ny, info.nx)
+        shapes[name] = (info.ny, info.nx)
     problems = [p for p in comm.allgather(problem) if p is not None]
     if problems:
         if comm.rank == 0:
             logger.warning("%s: the .cs output has no location/* fields", problems[0])
         return None
-    return shapes[codes]
+    return shapes
 
 
-def _cs_from_meta(table: ParticleTable, rows: np.ndarray, comm: Comm) -> np.ndarray:
-    """CryoSPARC particle fields for a table that did not come from .cs (collective)."""
+def _cs_from_meta(table: ParticleTable, rows: np.ndarray,
+                  mic_shapes: dict[str, tuple] | None) -> np.ndarray:
+    """CryoSPARC particle fields for a table that did not come from .cs."""
     m = table.meta.iloc[rows]
     n = len(rows)
     paths = m[F.IMAGE_PATH].to_numpy(dtype=object)
@@ -843,26 +896,26 @@ def _cs_from_meta(table: ParticleTable, rows: np.ndarray, comm: Comm) -> np.ndar
         F.CS_CTF_PHASE_SHIFT_RAD: m[F.PHASE_SHIFT_RAD].to_numpy().astype(np.float32),
         F.CS_CTF_BFACTOR: m[F.BFACTOR_A2].to_numpy().astype(np.float32),
     }
-    if table.has_locations:
+    if table.has_locations and mic_shapes is not None:
         mics = m[F.MICROGRAPH].to_numpy(dtype=object)
-        shapes = _micrograph_shapes(table, mics, comm)
-        if shapes is not None:
-            fields[F.CS_LOCATION_MICROGRAPH_PATH] = np.array(
-                [str(p).encode("utf-8") for p in mics], dtype=bytes)
-            fields[F.CS_LOCATION_MICROGRAPH_SHAPE] = shapes
-            fields[F.CS_LOCATION_CENTER_X_FRAC] = (
-                m[F.LOCATION_X_PX].to_numpy() / shapes[:, 1]).astype(np.float32)
-            fields[F.CS_LOCATION_CENTER_Y_FRAC] = (
-                m[F.LOCATION_Y_PX].to_numpy() / shapes[:, 0]).astype(np.float32)
+        shapes = np.array([mic_shapes[x] for x in mics], dtype=np.uint32).reshape(-1, 2)
+        fields[F.CS_LOCATION_MICROGRAPH_PATH] = np.array(
+            [str(p).encode("utf-8") for p in mics], dtype=bytes)
+        fields[F.CS_LOCATION_MICROGRAPH_SHAPE] = shapes
+        fields[F.CS_LOCATION_CENTER_X_FRAC] = (
+            m[F.LOCATION_X_PX].to_numpy() / shapes[:, 1]).astype(np.float32)
+        fields[F.CS_LOCATION_CENTER_Y_FRAC] = (
+            m[F.LOCATION_Y_PX].to_numpy() / shapes[:, 0]).astype(np.float32)
     base = np.empty(n, dtype=[(F.CS_UID, "<u8")])
     base[F.CS_UID] = fields.pop(F.CS_UID)
     return with_fields(base, fields)
 
 
 def _cs_output(table: ParticleTable, rows: np.ndarray, al: dict[str, np.ndarray] | None,
-               ctf_off: bool, comm: Comm) -> np.ndarray:
+               ctf_off: bool, mic_shapes: dict[str, tuple] | None) -> np.ndarray:
+    """Return the .cs rows of an output for ``rows`` (``al``: their alignments)."""
     base = (table.cs_array[rows] if table.cs_array is not None
-            else _cs_from_meta(table, rows, comm))
+            else _cs_from_meta(table, rows, mic_shapes))
     m = table.meta.iloc[rows]
     updates: dict[str, np.ndarray] = {}
     if al is not None:
@@ -919,7 +972,9 @@ def write_subset_star(path: str | os.PathLike, table: ParticleTable,
     comm = comm if comm is not None else Comm(None)
     rows = _rows(table, rows)
     al, ctf_off = _align(table, align, rows)
-    write_star(path, _star_output(table, rows, al, ctf_off, comm), comm)
+    optics, gid = _output_optics(table, ctf_off, comm)
+    parts = _in_chunks(rows, al, lambda r, a: _star_particles(table, r, a, ctf_off, gid))
+    write_star(path, {F.STAR_BLOCK_OPTICS: optics, F.STAR_BLOCK_PARTICLES: parts}, comm)
     n = int(sum(comm.allgather(len(rows))))
     if comm.rank == 0:
         logger.info("wrote %d particles to %s", n, os.fspath(path))
@@ -964,7 +1019,10 @@ def write_subset_cs(path: str | os.PathLike, table: ParticleTable,
     comm = comm if comm is not None else Comm(None)
     rows = _rows(table, rows)
     al, ctf_off = _align(table, align, rows)
-    write_cs(path, _cs_output(table, rows, al, ctf_off, comm), comm)
+    shapes = (_micrograph_shapes(table, comm) if table.cs_array is None
+              and table.has_locations else None)
+    write_cs(path, _in_chunks(rows, al, lambda r, a: _cs_output(table, r, a, ctf_off, shapes)),
+             comm)
     n = int(sum(comm.allgather(len(rows))))
     if comm.rank == 0:
         logger.info("wrote %d particles to %s", n, os.fspath(path))

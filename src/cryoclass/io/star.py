@@ -50,7 +50,7 @@ _TOKEN_RE = re.compile(r'"([^"]*)"|\'([^\']*)\'|(\S+)')
 _NA_VALUES = ["nan", "NaN", "-nan", "NAN", "-NaN"]
 _WRITE_CHUNK_ROWS = 50_000
 #: Approximate bytes of the particle loop body per piece of a :class:`StarIndex`.
-PIECE_BYTES = 32 << 20
+PIECE_BYTES = 8 << 20
 _STAR_TAG = 0x57A2
 
 
@@ -412,6 +412,15 @@ def read_star_rows(index: StarIndex, start: int, stop: int) -> pd.DataFrame:
             parts.append(frame.iloc[max(0, start - r0):min(nr, stop - r0)])
     if not parts:
         return pd.DataFrame({lab: pd.Series([], dtype=object) for lab in index.labels})
+    return concat_rows(parts)
+
+
+def concat_rows(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate slices of one loop, typed as one parse of all their rows would be.
+
+    A column with numbers in one slice and text in another becomes numeric when every
+    value parses, else text (as :func:`read_star` types a column).
+    """
     out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(
         drop=True)
     for col in out.columns:
@@ -537,8 +546,7 @@ def _write_block(fh, name: str, frame: pd.DataFrame) -> None:
     fh.write("\n")
 
 
-def write_star(path: str | os.PathLike, blocks: Mapping[str, pd.DataFrame],
-               comm=None) -> None:
+def write_star(path: str | os.PathLike, blocks: Mapping[str, object], comm=None) -> None:
     """Write data blocks as RELION-style loop tables, atomically.
 
     Parameters
@@ -549,7 +557,10 @@ def write_star(path: str | os.PathLike, blocks: Mapping[str, pd.DataFrame],
         Block name (without ``data_``) -> table; written in the mapping's order, each as a
         ``loop_`` with ``_label #n`` headers. Integer columns are written as integers,
         floats as ``%.6f`` (``%.6e`` for columns of only tiny or huge magnitudes),
-        strings quoted with ``"`` when empty or containing whitespace.
+        strings quoted with ``"`` when empty or containing whitespace. The LAST block may
+        instead be a callable returning an iterator of tables with the same columns
+        (consecutive row chunks, at least one): it is called twice, once to agree on the
+        column formats and once to write, so only one chunk is in memory at a time.
     comm : Comm, optional
         Collective write (every rank calls it): the rows of the LAST block are
         distributed, each rank passing its own, written in rank order; the other blocks
@@ -558,21 +569,29 @@ def write_star(path: str | os.PathLike, blocks: Mapping[str, pd.DataFrame],
         Column formats are agreed over all ranks, so the file is the one a single process
         writes from the concatenated table.
     """
+    from cryoclass.parallel.comm import Comm
+
     path = os.fspath(path)
-    if comm is None or comm.size == 1:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_output(path, "w") as fh:
-            for name, frame in blocks.items():
-                _write_block(fh, name, frame)
-        logger.debug("wrote %s (%s)", path, {k: len(v) for k, v in blocks.items()})
-        return
+    comm = comm if comm is not None else Comm(None)
     names = list(blocks)
     last = blocks[names[-1]]
-    mine = [_column_spec(last[c]) if len(last) else None for c in last.columns]
-    specs = [_merge_specs(list(col)) for col in zip(*comm.allgather(mine), strict=True)]
-    rows = _block_rows(last, specs)
+    frames = last if callable(last) else (lambda: iter([last]))
+    columns, local = None, []
+    for frame in frames():  # first pass: the format of every column
+        columns = list(frame.columns)
+        if len(frame):
+            local.append([_column_spec(frame[c]) for c in frame.columns])
+    mine = [_merge_specs(list(col)) for col in zip(*local, strict=True)] if local else None
+    gathered = [m for m in comm.allgather(mine) if m is not None]
+    specs = ([_merge_specs(list(col)) for col in zip(*gathered, strict=True)] if gathered
+             else [_merge_specs([])] * len(columns))
+
+    def rows():
+        for frame in frames():
+            yield from _block_rows(frame, specs)
+
     if comm.rank != 0:
-        for text in rows:
+        for text in rows():
             comm.send(text, 0, _STAR_TAG)
         comm.send(None, 0, _STAR_TAG)
         comm.barrier()
@@ -581,12 +600,12 @@ def write_star(path: str | os.PathLike, blocks: Mapping[str, pd.DataFrame],
     with atomic_output(path, "w") as fh:
         for name in names[:-1]:
             _write_block(fh, name, blocks[name])
-        fh.write(_block_header(names[-1], last.columns))
-        for text in rows:
+        fh.write(_block_header(names[-1], columns))
+        for text in rows():
             fh.write(text)
         for src in range(1, comm.size):
             while (text := comm.recv(src, _STAR_TAG)) is not None:
                 fh.write(text)
         fh.write("\n")
     comm.barrier()
-    logger.debug("wrote %s collectively from %d ranks", path, comm.size)
+    logger.debug("wrote %s from %d rank(s)", path, comm.size)
