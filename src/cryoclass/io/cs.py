@@ -18,12 +18,11 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from pathlib import Path
 
 import numpy as np
 
 from cryoclass.errors import InputError
-from cryoclass.io.star import atomic_output
+from cryoclass.io.star import write_in_rank_order
 
 logger = logging.getLogger(__name__)
 
@@ -124,23 +123,8 @@ def write_cs(path: str | os.PathLike, arr, comm=None) -> None:
             for s in range(0, len(a), step):
                 yield a[s:s + step].tobytes()
 
-    path = os.fspath(path)
-    if comm.rank != 0:
-        for data in pieces():
-            comm.send(data, 0, _CS_TAG)
-        comm.send(None, 0, _CS_TAG)
-        comm.barrier()
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path, "wb") as fh:
-        fh.write(_npy_header(dtype, n_total))
-        for data in pieces():
-            fh.write(data)
-        for src in range(1, comm.size):
-            while (data := comm.recv(src, _CS_TAG)) is not None:
-                fh.write(data)
-    comm.barrier()
-    logger.debug("wrote %s (%d rows) from %d rank(s)", path, n_total, comm.size)
+    write_in_rank_order(path, comm, "wb", lambda fh: fh.write(_npy_header(dtype, n_total)),
+                        pieces(), b"", _CS_TAG)
 
 
 def common_dtype(dtypes: list[np.dtype]) -> np.dtype:

@@ -41,7 +41,7 @@ from cryoclass.io.fields import STAR_VERSION
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["read_star", "write_star", "atomic_path", "atomic_output"]
+__all__ = ["read_star", "write_star", "atomic_path", "atomic_output", "write_in_rank_order"]
 
 _DATA_RE = re.compile(rb"^[ \t]*data_(\S*)[^\n]*$", re.M)
 # A loop body ends at the next line that starts a block, a loop or a label.
@@ -590,22 +590,37 @@ def write_star(path: str | os.PathLike, blocks: Mapping[str, object], comm=None)
         for frame in frames():
             yield from _block_rows(frame, specs)
 
-    if comm.rank != 0:
-        for text in rows():
-            comm.send(text, 0, _STAR_TAG)
-        comm.send(None, 0, _STAR_TAG)
-        comm.barrier()
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path, "w") as fh:
+    def head(fh):
         for name in names[:-1]:
             _write_block(fh, name, blocks[name])
         fh.write(_block_header(names[-1], columns))
-        for text in rows():
-            fh.write(text)
+
+    write_in_rank_order(path, comm, "w", head, rows(), "\n", _STAR_TAG)
+
+
+def write_in_rank_order(path: str | os.PathLike, comm, mode: str, head, pieces, tail,
+                        tag: int) -> None:
+    """Write a file from every rank's pieces, in rank order; collective.
+
+    Rank 0 writes ``head(fh)``, its own ``pieces``, every other rank's pieces as they
+    arrive (each rank sends them as it makes them, so no rank holds a whole file) and
+    ``tail``, atomically (:func:`atomic_output`, ``mode`` "w" or "wb").
+    """
+    path = os.fspath(path)
+    if comm.rank != 0:
+        for piece in pieces:
+            comm.send(piece, 0, tag)
+        comm.send(None, 0, tag)
+        comm.barrier()
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path, mode) as fh:
+        head(fh)
+        for piece in pieces:
+            fh.write(piece)
         for src in range(1, comm.size):
-            while (text := comm.recv(src, _STAR_TAG)) is not None:
-                fh.write(text)
-        fh.write("\n")
+            while (piece := comm.recv(src, tag)) is not None:
+                fh.write(piece)
+        fh.write(tail)
     comm.barrier()
     logger.debug("wrote %s from %d rank(s)", path, comm.size)
