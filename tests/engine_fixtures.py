@@ -22,6 +22,9 @@ class ArraySource:
     def read(self, rows):
         return self.images[np.asarray(rows)]
 
+    def close(self):
+        pass
+
 
 @dataclass
 class ArrayTable:

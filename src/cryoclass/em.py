@@ -151,8 +151,7 @@ def load_shard(table, geom: Geometry, comm: Comm, seed: int, xp: ModuleType,
             imgs = xp.asarray(source.read(rows))
             store.put(sl, preprocess(imgs, geom, real_dtype))
             bar.update(rows.size)
-    if hasattr(source, "close"):  # unmap the stacks: the particles are in the store now
-        source.close()
+    source.close()  # unmap the stacks: the particles are in the store now
     meta = table.meta.iloc[start - offset:stop - offset]
     params = np.stack([meta[f].to_numpy(dtype=np.float64) for f in CTF_FIELDS], axis=1)
     half = xp.asarray(half_sets(start, stop, n, seed))
@@ -684,9 +683,6 @@ def finish(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, comm: C
     t[:, 0] += cps * cx - sps * cy
     t[:, 1] += sps * cx + cps * cy
     scale = geom.work_pixel_A / geom.pixel_size_A
-    local = {"cls": final.cls, "pmax": final.pmax, "ess": final.ess,
-             "psi": np.mod(psi, 2 * np.pi), "shift": t * scale, "score": final.score,
-             "half": to_host(shard.half)}
     counts_all = np.bincount(final.cls, minlength=k).astype(np.float64)
     counts_all = comm.allreduce_sum(counts_all)
     if cfg.classify.sort_by_size:
@@ -702,15 +698,14 @@ def finish(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, comm: C
         state.num, state.den = state.num[:, order], state.den[:, order]
     counts = counts_all[order]
     frc_res = mstep.frc_resolution(state.frc, geom.shell_res_A)
+    mine = ParticleResults(inv[final.cls], final.pmax, final.ess, np.mod(psi, 2 * np.pi),
+                           t * scale, final.score, to_host(shard.half))
     # per-class statistics over all ranks, without gathering the particles
-    cls = inv[local["cls"]]
-    median_ess = grouped_median(local["ess"], cls, k, comm)
-    post_sum = comm.allreduce_sum(np.bincount(cls, weights=local["pmax"], minlength=k)[:k]
-                                  .astype(np.float64))
+    median_ess = grouped_median(mine.ess, mine.class_index, k, comm)
+    post_sum = comm.allreduce_sum(np.bincount(mine.class_index, weights=mine.class_posterior,
+                                              minlength=k)[:k].astype(np.float64))
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_post = np.where(counts > 0, post_sum / np.maximum(counts, 1), np.nan)
-    mine = ParticleResults(cls, local["pmax"], local["ess"], local["psi"],
-                           local["shift"], local["score"], local["half"])
     particles = mine if comm.size == 1 else None
     return RunResult(geom, state, particles, order, counts, frc_res, median_ess, mean_post,
                      timings, mine, shard.start, shard.n_total)

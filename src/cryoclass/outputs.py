@@ -116,12 +116,10 @@ def find_duplicates_distributed(comm, micrograph: np.ndarray, x_px: np.ndarray,
     if order.size:
         rej[order] = find_duplicates(g_mic[order], g_x[order], g_y[order], g_s[order],
                                      min_separation_px)
-    sizes = comm.allgather(len(codes))
-    starts = np.concatenate([[0], np.cumsum(sizes)]) + row0 - sum(sizes[:comm.rank])
+    first_rows = np.asarray(comm.allgather(row0))  # ranks own contiguous rows in order
     rejected_rows = g_rows[rej]
-    back = comm.alltoall([rejected_rows[(rejected_rows >= starts[r])
-                                        & (rejected_rows < starts[r + 1])]
-                          for r in range(comm.size)])
+    owner_rank = np.searchsorted(first_rows, rejected_rows, side="right") - 1
+    back = comm.alltoall([rejected_rows[owner_rank == r] for r in range(comm.size)])
     mask = np.zeros(len(codes), dtype=bool)
     for part in back:
         mask[part - row0] = True
@@ -245,7 +243,7 @@ def write_outputs(outdir: Path, table, result: RunResult, cfg: Config,
     n_files = 4 if dup is not None else 3  # steps with a bar.update
     with Bar(n_files, "write outputs", cfg.output.progress and comm.rank == 0,
              unit="files") as bar:
-        bar.update(1)
+        bar.update(1)  # run.h5, written above
         paths = _write_outputs(outdir, table, result, cfg, dup, bar, comm)
     return paths if comm.rank == 0 else {}
 

@@ -72,8 +72,6 @@ def placement(n_bytes: int, free_device_bytes: int | None, cache: str,
 class ArrayStore:
     """The particles as one array on the compute device."""
 
-    where = "device"
-
     def __init__(self, xp: ModuleType, shape: tuple[int, int], dtype):
         self.xp = xp
         self.data = xp.empty(shape, dtype=dtype)  # (n_local, M)
@@ -125,8 +123,6 @@ class HostStreamStore(_StagedStore):
     (page-locked memory copies to the device at full bus speed), ``numpy.empty`` else.
     """
 
-    where = "host"
-
     def __init__(self, xp: ModuleType, shape: tuple[int, int], dtype, alloc=np.empty):
         super().__init__(xp, shape, dtype, alloc)
         self.data = alloc(self.shape, self.dtype)  # (n_local, M) host
@@ -149,8 +145,6 @@ class ScratchStore(_StagedStore):
     The file ``folder/cryoclass-rank<rank>-<pid>.bin`` holds the rows in order
     (``M`` values of ``dtype`` each) and is removed by :meth:`close` or at exit.
     """
-
-    where = "scratch"
 
     def __init__(self, xp: ModuleType, shape: tuple[int, int], dtype, folder: str | Path,
                  rank: int, alloc=np.empty):

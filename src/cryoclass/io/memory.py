@@ -19,6 +19,9 @@ class ArrayImageSource:
         """Images of the given rows, float32."""
         return np.asarray(self.images[np.asarray(rows)], dtype=np.float32)
 
+    def close(self) -> None:
+        """Nothing to release (the images are the caller's array)."""
+
 
 @dataclass
 class InMemoryTable:

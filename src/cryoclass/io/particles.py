@@ -563,12 +563,11 @@ def _agree_dtypes(frame: pd.DataFrame, comm: Comm) -> pd.DataFrame:
     """
     if comm.size == 1:
         return frame
-    mine = {c: ("s" if frame[c].dtype == object else frame[c].dtype.kind) if len(frame)
-            else None for c in frame.columns}
+    mine = {c: frame[c].dtype.kind if len(frame) else None for c in frame.columns}
     kinds = comm.allgather(mine)
     for c in frame.columns:
         ks = {k[c] for k in kinds} - {None}
-        if "s" in ks or "O" in ks:
+        if "O" in ks:  # object or str columns
             if frame[c].dtype != object:
                 frame[c] = frame[c].astype(str).astype(object)
         elif "f" in ks and frame[c].dtype.kind in "iub":

@@ -325,6 +325,7 @@ class StarIndex:
     particles_block: str
     labels: list[str]
     pieces: list[tuple[int, int, int, int]]  # (byte start, byte end, first row, rows)
+    key_value: bool = False  # the particle block is one key/value row (kept parsed)
 
     @property
     def n_rows(self) -> int:
@@ -383,11 +384,12 @@ def index_star(path: str | os.PathLike, choose_block,
                     pieces.append((pos, stop, row, rows))
                 row += rows
                 pos = stop
-        else:  # a key/value block is one row (kept parsed; see read_star_rows)
+        else:  # a key/value block is one row, kept parsed in ``blocks``
             labels = list(layout[1])
             blocks[name] = _layout_frame(mm, layout, path)
             pieces = [(0, 0, 0, 1)] if labels else []
-    return StarIndex(path, blocks, list(layouts), name, labels, pieces)
+    return StarIndex(path, blocks, list(layouts), name, labels, pieces,
+                     key_value=layout[0] != "loop")
 
 
 def read_star_rows(index: StarIndex, start: int, stop: int) -> pd.DataFrame:
@@ -396,7 +398,7 @@ def read_star_rows(index: StarIndex, start: int, stop: int) -> pd.DataFrame:
     Only the pieces that hold those rows are read and parsed. Columns are typed as by
     :func:`read_star` within the slice (int64/float64 where every value parses, else str).
     """
-    if index.pieces and index.pieces[0][1] == 0:  # key/value particle block
+    if index.key_value:
         frame = index.blocks[index.particles_block]
         return frame.iloc[start:stop].reset_index(drop=True)
     parts = []
