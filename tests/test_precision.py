@@ -3,13 +3,14 @@
 import numpy as np
 
 from cryoclass.config import load_config
-from cryoclass.em import (
+from cryoclass.em.driver import (
     Layout,
     ModelState,
     classify,
     dtypes,
     load_shard,
     m_step,
+    make_level,
     run_iteration,
     sigma2_used,
 )
@@ -34,8 +35,8 @@ def one_iteration(table, state, precision, force_max=True):
     s2 = sigma2_used(st, 0, "full", cfg, geom)
     n = shard.n_local
     layout = Layout(3, geom.n_coeffs, geom.n_shells)
-    out = run_iteration(st, shard, geom, cfg, "full", 0, s2, np, np.full(n, -1), np.zeros(n),
-                        layout)
+    out = run_iteration(st, shard, geom, make_level(geom, geom.max_align_res_A), cfg, "full",
+                        0, s2, np, np.full(n, -1), np.zeros(n), layout)
     num = layout.view(out.packed, "num").view(np.complex128).reshape(2, 3, -1)
     den = layout.view(out.packed, "den").reshape(2, 3, -1)
     classes, frc, _, _ = m_step(st, num, den, geom, cfg, np)

@@ -3,7 +3,15 @@
 import numpy as np
 
 from cryoclass.config import load_config
-from cryoclass.em import Layout, ModelState, classify, load_shard, run_iteration, sigma2_used
+from cryoclass.em import (
+    Layout,
+    ModelState,
+    classify,
+    load_shard,
+    make_level,
+    run_iteration,
+    sigma2_used,
+)
 from cryoclass.parallel.comm import Comm
 
 from engine_fixtures import make_problem
@@ -28,7 +36,8 @@ def test_coarse_to_fine_finds_the_exhaustive_best_pose():
                         res.state.sigma2_est)
         s2 = sigma2_used(st, 0, "full", c, geom)
         n = shard.n_local
-        outs[mode] = run_iteration(st, shard, geom, c, "full", 0, s2, np,
+        level = make_level(geom, geom.max_align_res_A)
+        outs[mode] = run_iteration(st, shard, geom, level, c, "full", 0, s2, np,
                                    np.full(n, -1), np.zeros(n),
                                    Layout(3, geom.n_coeffs, geom.n_shells))
     ex, cf = outs["exhaustive"], outs["coarse_to_fine"]

@@ -48,6 +48,8 @@ class ClassifyConfig:
     regularization_T: float = 2.0
     sort_by_size: bool = True
     reseed_empty: bool = True
+    resolution_schedule: bool = True
+    initial_res_A: float | None = None
     seed: int = 0
 
 
@@ -281,6 +283,8 @@ def validate(cfg: Config) -> None:
     need(c.final_full_iters >= 1,
          "classify.final_full_iters must be >= 1 (it produces the outputs)")
     need(c.regularization_T > 0, "classify.regularization_T must be > 0")
+    if c.initial_res_A is not None:
+        need(c.initial_res_A > 0, "classify.initial_res_A must be > 0 Å")
     need(c.seed >= 0, "classify.seed must be >= 0")
     r = cfg.recenter
     need(0.0 <= r.threshold < 1.0, f"recenter.threshold must be in [0, 1), got {r.threshold}")

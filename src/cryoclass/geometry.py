@@ -52,6 +52,10 @@ class Geometry:
     particle_radius_px: float  # in input pixels, for background normalization
     mask_inner_px: float  # class mask radii in work-box pixels
     mask_outer_px: float
+    particle_diameter_A: float  # for the rotation step and the resolution schedule
+    psi_step_deg: float | None  # configured rotation step (None: auto per level)
+    shift_range_px: float  # translation search radius (work-box px)
+    shift_step_min_px: float  # configured (finest) translation step (work-box px)
 
     @property
     def n_coeffs(self) -> int:
@@ -101,9 +105,12 @@ def make_geometry(box_px: int, pixel_size_A: float, cfg: Config) -> Geometry:
 
     box_A = box_px * pixel_size_A
     m_cfg = cfg.mask
-    inner_A = m_cfg.inner_diameter_A if m_cfg.inner_diameter_A is not None else box_A
+    diam_user = cfg.preprocess.particle_diameter_A
+    inner_A = m_cfg.inner_diameter_A
+    if inner_A is None:  # the particle diameter a user gives masks the classes, as RELION's
+        inner_A = min(diam_user, box_A) if diam_user is not None else box_A
     outer_A = m_cfg.outer_diameter_A if m_cfg.outer_diameter_A is not None else 1.2 * inner_A
-    diam_A = cfg.preprocess.particle_diameter_A
+    diam_A = diam_user
     if diam_A is None:
         diam_A = m_cfg.inner_diameter_A if m_cfg.inner_diameter_A is not None else 0.8 * box_A
     s = cfg.search
@@ -134,6 +141,8 @@ def make_geometry(box_px: int, pixel_size_A: float, cfg: Config) -> Geometry:
         shift_step_px=step_px, sigma_shift_px=sigma_px,
         particle_radius_px=0.5 * diam_A / pixel_size_A,
         mask_inner_px=0.5 * inner_A / p_work, mask_outer_px=0.5 * outer_A / p_work,
+        particle_diameter_A=float(diam_A), psi_step_deg=s.psi_step_deg,
+        shift_range_px=shift_range_A / p_work, shift_step_min_px=step_px,
     )
     logger.info("working box %d px at %.3f Å/px (input %d px at %.3f Å/px); "
                 "%d coefficients, %d in the alignment band; %d rotations (%.2f deg), "

@@ -47,55 +47,62 @@ class ChunkPoses:
 class PoseSearch:
     """Everything one iteration's pose search needs, computed once.
 
+    The search runs on the level's coefficients (the Fourier-cropped box of its
+    resolution) with the level's rotation and shift grids; the backprojection adds the
+    particles at every averaging coefficient of the geometry (up to ``max_res_A``).
+
     Parameters
     ----------
     classes : real (K, m, m) class images on the device
     sigma2 : (n_shells,) noise variance used by this iteration
-    geom : Geometry of the run
+    geom : Geometry of the run (averaging coefficients)
+    level : cryoclass.em.levels.Level (or any object with its fields)
     force_max : bool
     pad : int, padding factor of the reference rotation
     real_dtype : float32 or float64
     """
 
-    def __init__(self, classes, sigma2, geom, force_max: bool, pad: int = 2,
+    def __init__(self, classes, sigma2, geom, level, force_max: bool, pad: int = 2,
                  real_dtype=np.float32):
         xp = array_namespace(classes)
-        self.xp, self.geom, self.force_max = xp, geom, force_max
+        self.xp, self.geom, self.level, self.force_max = xp, geom, level, force_max
         self.rdt = real_dtype
         cdt = np.complex64 if real_dtype == np.float32 else np.complex128
         self.k = k = classes.shape[0]
-        self.n_psi = n_psi = geom.psi_rad.size
-        m = geom.n_coeffs
-        refs = rotate_coefficients(classes, geom.ky, geom.kx, geom.psi_rad, pad)
-        self.align = xp.asarray(geom.align)
-        self.refs3_a = xp.ascontiguousarray(refs[:, :, self.align])  # (K, n_psi, M_a)
-        self.refs = refs.reshape(k * n_psi, m)  # (K n_psi, M)
-        self.shell = xp.asarray(geom.shell)
+        self.n_psi = n_psi = level.psi_rad.size
+        sub = level.coeffs  # the level's coefficients (positions in 0..M-1)
+        self.sub = xp.asarray(sub)
+        refs = rotate_coefficients(classes, geom.ky[sub], geom.kx[sub], level.psi_rad, pad)
+        self.align = xp.asarray(level.align)
+        align_in_sub = np.searchsorted(sub, level.align)
+        self.refs3_a = xp.ascontiguousarray(refs[:, :, xp.asarray(align_in_sub)])
+        self.refs = refs.reshape(k * n_psi, sub.size)  # (K n_psi, M_l)
+        self.shell_sub = xp.asarray(geom.shell[sub])
         self.inv_s2 = xp.asarray((1.0 / sigma2[geom.shell]).astype(real_dtype))
         inv_s2w = xp.asarray(geom.herm.astype(real_dtype)) * self.inv_s2
         self.inv_s2w_a = inv_s2w[self.align]
         self.lp_class = xp.zeros(k)
-        self.c2f = geom.search_mode == "coarse_to_fine"
-        step = geom.shift_step_px
+        self.c2f = level.search_mode == "coarse_to_fine"
+        step = level.shift_step_px
         if self.c2f:
-            self.coarse = xp.asarray(geom.coarse)
+            self.coarse = xp.asarray(level.coarse)
+            coarse_in_sub = xp.asarray(np.searchsorted(sub, level.coarse))
             self.refs_c = xp.ascontiguousarray(
-                self.refs.reshape(k, n_psi, m)[:, ::2][:, :, self.coarse]).reshape(
-                    -1, geom.coarse.size)
-            self.ab_c = xp.asarray(np.rint(geom.shifts_coarse_px / step).astype(np.int64))
-            self.phases_c = shift_phases(geom.ky[geom.coarse], geom.kx[geom.coarse],
-                                         geom.shifts_coarse_px, geom.work_box, xp, dtype=cdt)
-            self.lp_c = xp.asarray(geom.log_prior_shift_coarse.astype(real_dtype))
+                refs[:, ::2][:, :, coarse_in_sub]).reshape(-1, level.coarse.size)
+            self.ab_c = xp.asarray(np.rint(level.shifts_coarse_px / step).astype(np.int64))
+            self.phases_c = shift_phases(geom.ky[level.coarse], geom.kx[level.coarse],
+                                         level.shifts_coarse_px, geom.work_box, xp, dtype=cdt)
+            self.lp_c = xp.asarray(level.log_prior_shift_coarse.astype(real_dtype))
             self.inv_s2w_c = inv_s2w[self.coarse]
-            self.n_t, self.n_r = geom.shifts_coarse_px.shape[0], k * n_psi // 2
+            self.n_t, self.n_r = level.shifts_coarse_px.shape[0], k * n_psi // 2
         else:
-            self.ab_f = xp.asarray(np.rint(geom.shifts_px / step).astype(np.int64))
-            self.phases = shift_phases(geom.ky, geom.kx, geom.shifts_px, geom.work_box, xp,
+            self.ab_f = xp.asarray(np.rint(level.shifts_px / step).astype(np.int64))
+            self.phases = shift_phases(geom.ky, geom.kx, level.shifts_px, geom.work_box, xp,
                                        dtype=cdt)
             self.phases_a = xp.ascontiguousarray(self.phases[:, self.align])
-            self.lp_shift = xp.asarray(geom.log_prior_shift.astype(real_dtype))
-            self.n_t, self.n_r = geom.shifts_px.shape[0], k * n_psi
-        reach = int(np.ceil(np.abs(geom.shifts_px).max() / step)) + 2
+            self.lp_shift = xp.asarray(level.log_prior_shift.astype(real_dtype))
+            self.n_t, self.n_r = level.shifts_px.shape[0], k * n_psi
+        reach = int(np.ceil(np.abs(level.shifts_px).max() / step)) + 2
         self.tx, self.ty = estep.lattice_tables(geom.ky, geom.kx, geom.work_box, step, reach,
                                                 xp, dtype=cdt)
         self.tx_a = xp.ascontiguousarray(self.tx[:, self.align])
@@ -108,7 +115,7 @@ class PoseSearch:
         chunk = max(1, min(requested, 24_000_000 // max(1, self.n_t * self.n_r)))
         if self.c2f:  # the local refinement holds (P, K, N, 3, M_a) complex values
             chunk = max(1, min(chunk, 6_000_000 // max(
-                1, 9 * N_COARSE * self.k * self.geom.align.size)))
+                1, 9 * N_COARSE * self.k * self.level.align.size)))
         return chunk
 
     def search(self, y, ctf, timer=None) -> ChunkPoses:
@@ -131,7 +138,7 @@ class PoseSearch:
         return ChunkPoses(post.class_post, post.class_score, post.best_loglik,
                           self.ab_f[post.best_shift], post.best_psi,
                           exhaustive=None if self.force_max else post,
-                          flops=gemm_flops(y.shape[0], self.n_t, self.geom.align.size,
+                          flops=gemm_flops(y.shape[0], self.n_t, self.level.align.size,
                                            self.n_r))
 
     def _search_c2f(self, y, ctf, timer) -> ChunkPoses:
@@ -140,7 +147,7 @@ class PoseSearch:
                                  self.refs_c, self.phases_c)
         t_top, psi_top = estep.top_coarse_poses(ll_c, k, self.lp_c, N_COARSE)  # (P, K, N)
         del ll_c
-        flops = gemm_flops(p, self.n_t, self.geom.coarse.size, self.n_r)
+        flops = gemm_flops(p, self.n_t, self.level.coarse.size, self.n_r)
         if timer:
             timer("t_coarse")
         nb = t_top.shape[2]
@@ -151,7 +158,7 @@ class PoseSearch:
         ll, cand_t, cand_psi = estep.refine_local(
             z, ctf2w, self.refs3_a, self.tx_a, self.ty_a,
             self.ab_c[t_top].reshape(p, k * nb, 2), 2 * psi_top.reshape(p, k * nb),
-            self.geom.sigma_shift_px / self.geom.shift_step_px, cls=cls_of)
+            self.level.sigma_shift_px / self.level.shift_step_px, cls=cls_of)
         flat = ll.reshape(p, k, 27 * nb)  # local fine poses per class
         cand_t = cand_t.reshape(p, k, nb, 9, 2)
         cand_psi = cand_psi.reshape(p, k, nb, 3)
@@ -169,7 +176,7 @@ class PoseSearch:
         ar2, kk = xp.arange(p)[:, None], xp.arange(k)[None, :]
         shift = cand_t[ar2, kk, arg // 27, arg % 9]  # (P, K, 2)
         psi = cand_psi[ar2, kk, arg // 27, (arg % 27) // 9]  # (P, K)
-        flops += p * k * nb * (8.0 * 27 + 12.0) * self.geom.align.size
+        flops += p * k * nb * (8.0 * 27 + 12.0) * self.level.align.size
         if timer:
             timer("t_fine")
         return ChunkPoses(cp, score, best_val, shift, psi, local=local, flops=flops)
@@ -212,7 +219,17 @@ class PoseSearch:
                                       poses.exhaustive, half, weights)
 
     def residual_power(self, y, ctf, cls, shift, psi):
-        """Per-shell ``sum |Y - CTF S_t R_psi A_k|^2`` at the given poses (lattice shifts)."""
-        return estep.residual_power_at(y, ctf, self.refs[cls * self.n_psi + psi],
-                                       estep.lattice_phases(self.tx, self.ty, shift),
-                                       self.shell, self.geom.n_shells)
+        """Per-shell ``sum |Y - CTF S_t R_psi A_k|^2`` at the given poses (lattice shifts).
+
+        Over the level's coefficients only: shells outside the level get zero (the
+        driver keeps their previous noise estimate).
+        """
+        sub = self.sub
+        return estep.residual_power_at(y[:, sub], ctf[:, sub], self.refs[cls * self.n_psi + psi],
+                                       estep.lattice_phases(self.tx[:, sub], self.ty[:, sub],
+                                                            shift),
+                                       self.shell_sub, self.geom.n_shells)
+
+    def shell_counts(self):
+        """Coefficients per shell that :meth:`residual_power` sums over: (n_shells,)."""
+        return np.bincount(self.geom.shell[self.level.coeffs], minlength=self.geom.n_shells)

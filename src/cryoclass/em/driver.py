@@ -25,6 +25,14 @@ import numpy as np
 
 from cryoclass.backend import array_namespace, to_host
 from cryoclass.config import Config
+from cryoclass.em.levels import Level, make_level
+from cryoclass.em.schedule import (
+    initial_resolution,
+    next_resolution,
+    online_step,
+    schedule,
+    sigma2_used,
+)
 from cryoclass.geometry import Geometry, make_geometry
 from cryoclass.numerics import estep, mstep, postprocess
 from cryoclass.numerics.ctf import ctf_values
@@ -82,6 +90,7 @@ class ModelState:
     den: np.ndarray | None = None  # running (2, K, M) float64
     frc: np.ndarray | None = None  # (K, n_shells) last half-set FRC
     history: list = field(default_factory=list)
+    align_res_A: float = float("nan")  # alignment resolution of the next iteration
 
 
 @dataclass
@@ -173,42 +182,6 @@ def chunk_ctf(shard: Shard, rows: np.ndarray, geom: Geometry, cfg: Config, xp: M
                       phase_flip=cfg.ctf.phase_flip_only, xp=xp, dtype=rdt)
 
 
-# -------------------------------------------------------------------- schedule
-def schedule(cfg: Config) -> list[tuple[str, int]]:
-    """Return the iteration kinds in order: ("online", i) then ("full", j)."""
-    c = cfg.classify
-    return ([("online", i) for i in range(c.online_em_iters)]
-            + [("full", j) for j in range(c.final_full_iters)])
-
-
-def sigma2_used(state: ModelState, it: int, kind: str, cfg: Config, geom: Geometry):
-    r"""Noise variance used by the E-step of iteration ``it``.
-
-    ``f^2 sigma2_init`` until ``anneal_start_iter``, then a geometric interpolation to
-    the current estimate over ``anneal_iters`` iterations, then the estimate; final full
-    iterations always use the estimate. White noise: the band-averaged value, flat.
-    """
-    c = cfg.classify
-    hi = (c.uncertainty_factor**2) * state.sigma2_init
-    lo = state.sigma2_est
-    if kind == "full" or it >= c.anneal_start_iter + c.anneal_iters:
-        s2 = lo.copy()
-    elif it < c.anneal_start_iter:
-        s2 = hi.copy()
-    else:
-        frac = (it - c.anneal_start_iter + 1) / (c.anneal_iters + 1)
-        s2 = hi ** (1.0 - frac) * lo**frac
-    if c.white_noise:
-        band_shells = np.unique(geom.shell[geom.align])
-        s2 = np.full_like(s2, float(np.mean(s2[band_shells])))
-    return np.maximum(s2, 1e-12 * max(float(s2.max()), 1e-30))
-
-
-def online_step(it: int) -> float:
-    """Online-EM step size: the running statistics keep ``1 - step`` of their past."""
-    return float((it + 1) ** -0.6)
-
-
 # ------------------------------------------------------------------ initialization
 def initial_noise(shard: Shard, geom: Geometry, comm: Comm, seed: int, xp) -> np.ndarray:
     """Mean power per shell of 100 random particles (the models are empty)."""
@@ -260,7 +233,8 @@ class IterationOutput:
     cls: np.ndarray  # (P,) best class
     pmax: np.ndarray  # (P,)
     ess: np.ndarray  # (P,)
-    psi_idx: np.ndarray  # (P,) fine rotation index
+    psi_idx: np.ndarray  # (P,) rotation index in the level's grid
+    psi_rad: np.ndarray  # (P,) best rotation
     shift_px: np.ndarray  # (P, 2) (x, y) work-box px
     score: np.ndarray  # (P,)
     phase_seconds: dict = field(default_factory=dict)  # this rank's time per E-step phase
@@ -300,13 +274,16 @@ class Layout:
         return buf[a:b]
 
 
-def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, kind: str,
-                  it: int, s2: np.ndarray, xp: ModuleType, last_class, last_psi,
+def run_iteration(state: ModelState, shard: Shard, geom: Geometry, level: Level, cfg: Config,
+                  kind: str, it: int, s2: np.ndarray, xp: ModuleType, last_class, last_psi,
                   layout: Layout, show_progress: bool = False) -> IterationOutput:
-    """E-step on this rank's members of iteration ``it``; returns the packed statistics."""
+    """E-step on this rank's members of iteration ``it`` at resolution ``level``.
+
+    Returns the packed statistics (class-frame sums at every averaging coefficient).
+    """
     c = cfg.classify
     k = c.n_classes
-    n_psi = geom.psi_rad.size
+    n_psi = level.psi_rad.size
     m_coef = geom.n_coeffs
     if kind == "online":
         members = batch_members(shard.n_total, c.batch_size_per_class * k, c.seed, it)
@@ -324,7 +301,7 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
         t_ph[0] = time.perf_counter()
 
     rdt = dtypes(cfg)[0]
-    ps = PoseSearch(xp.asarray(state.classes.astype(rdt)), s2, geom, c.force_max,
+    ps = PoseSearch(xp.asarray(state.classes.astype(rdt)), s2, geom, level, c.force_max,
                     cfg.search.padding_factor, rdt)
     num_bins = xp.zeros((2 * k * n_psi, m_coef), dtype=np.complex128)
     den_bins = xp.zeros((2 * k * n_psi, m_coef), dtype=np.float64)
@@ -361,7 +338,7 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
         score = poses.best_val[ar, best]
         loglik_sum += float(to_host(poses.score[ar, best]).sum())
         for name, arr in (("cls", best), ("pmax", pmax), ("ess", ess), ("psi", psi_b),
-                          ("shift", t_b * geom.shift_step_px), ("score", score)):
+                          ("shift", t_b * level.shift_step_px), ("score", score)):
             outs[name].append(to_host(arr))
         bar.update(rows.size)
     bar.close()
@@ -370,11 +347,10 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
     # rotate the per-psi sums into the class frame (all ranks, before the reduction)
     t_ph = time.perf_counter()
     num_c, den_c = mstep.bins_to_class_frame(num_bins, den_bins, geom.work_box,
-                                             geom.index, geom.ky, geom.kx, geom.psi_rad,
+                                             geom.index, geom.ky, geom.kx, level.psi_rad,
                                              cfg.search.padding_factor)
     tm["t_class_frame"] = _lap(xp, t_ph)
-    counts = np.bincount(geom.shell, minlength=geom.n_shells).astype(np.float64)
-    layout.view(buf, "noise_n")[:] = counts * rows_all.size
+    layout.view(buf, "noise_n")[:] = ps.shell_counts() * rows_all.size
     layout.view(buf, "class_w")[:] = np.bincount(res["cls"].astype(np.int64), minlength=k)
     layout.view(buf, "n")[:] = rows_all.size
     layout.view(buf, "ess_hist")[:] = np.histogram(res["ess"], HIST_BINS,
@@ -390,7 +366,8 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
     seen = prev_c >= 0
     layout.view(buf, "revisited")[:] = seen.sum()
     layout.view(buf, "changed_class")[:] = (prev_c[seen] != res["cls"][seen]).sum()
-    dpsi = np.abs(((geom.psi_rad[res["psi"].astype(np.int64)] - last_psi[rows_all] + np.pi)
+    psi_rad = level.psi_rad[res["psi"].astype(np.int64)]
+    dpsi = np.abs(((psi_rad - last_psi[rows_all] + np.pi)
                    % (2 * np.pi)) - np.pi)
     layout.view(buf, "psi_change")[:] = np.degrees(dpsi[seen]).sum()
     layout.view(buf, "loglik")[:] = loglik_sum
@@ -403,7 +380,8 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, 
     layout.view(buf, "noise")[:] = noise
     layout.view(buf, "mstep_w")[:] = mstep_w
     return IterationOutput(buf, rows_all, res["cls"].astype(np.int64), res["pmax"], res["ess"],
-                           res["psi"].astype(np.int64), res["shift"].astype(np.float64),
+                           res["psi"].astype(np.int64), psi_rad,
+                           res["shift"].astype(np.float64),
                            res["score"], tm, flops)
 
 
@@ -569,7 +547,10 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
     log_memory("after preprocessing")
     if state is None:
         s2i = initial_noise(shard, geom, comm, c.seed, xp)
-        state = ModelState(0, initial_classes(k, geom, s2i, c.seed), s2i, s2i.copy())
+        state = ModelState(0, initial_classes(k, geom, s2i, c.seed), s2i, s2i.copy(),
+                           align_res_A=initial_resolution(geom, cfg))
+    elif not np.isfinite(state.align_res_A):  # a checkpoint from before the schedule
+        state.align_res_A = initial_resolution(geom, cfg)
     layout = Layout(k, geom.n_coeffs, geom.n_shells)
     last_class = np.full(shard.n_local, -1, dtype=np.int64)
     last_psi = np.zeros(shard.n_local)
@@ -581,7 +562,8 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
         kind, sub = plan[it]
         t_it = time.perf_counter()
         s2 = sigma2_used(state, it, kind, cfg, geom)
-        out = run_iteration(state, shard, geom, cfg, kind, it, s2, xp, last_class,
+        level = make_level(geom, state.align_res_A)
+        out = run_iteration(state, shard, geom, level, cfg, kind, it, s2, xp, last_class,
                             last_psi, layout, show_progress=show)
         t_e = time.perf_counter() - t_it
         t_red = time.perf_counter()
@@ -608,7 +590,9 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
                 and sub < int(0.75 * c.online_em_iters)):
             reseeded = reseed_empty_classes(state, layout.view(buf, "class_w"), cfg, geom, it)
         last_class[out.local_rows] = out.cls
-        last_psi[out.local_rows] = geom.psi_rad[out.psi_idx]
+        last_psi[out.local_rows] = out.psi_rad
+        state.align_res_A = next_resolution(level.res_A, frc_curve,
+                                            layout.view(buf, "mstep_w"), geom, cfg)
         n_used = int(layout.view(buf, "n")[0])
         ess_q = hist_quartiles(layout.view(buf, "ess_hist"), 1.0, max(k, 1.0 + 1e-9))
         pmax_q = hist_quartiles(layout.view(buf, "pmax_hist"), 0.0, 1.0)
@@ -639,6 +623,7 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
             "reseeded_classes": len(reseeded),
             "estep_gflop": float(layout.view(buf, "flops")[0]) / 1e9,
             "reduce_seconds": t_red,
+            **level.describe(), "next_align_res_A": state.align_res_A,
             **{key: float(val) for key, val in out.phase_seconds.items()},
         }
         state.sigma2_est = est
@@ -648,11 +633,14 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
         if comm.rank == 0:
             logger.info(
                 "iter %d/%d %s %d/%d: %d particles, %.2f s (%.0f particles/s); "
+                "aligned at %.1f Å (box %d, %d rotations, %d shifts), next %.1f Å; "
                 "ESS quartiles %.2f/%.2f/%.2f; best-class prob quartiles %.3f/%.3f/%.3f; "
                 "%d empty classes (%d re-seeded); class changed %.1f%%, "
                 "mean psi change %.1f deg",
                 it + 1, len(plan), "online-EM" if kind == "online" else "full", sub + 1,
-                record["n_sub"], n_used, dt, record["particles_per_s"], *ess_q, *pmax_q,
+                record["n_sub"], n_used, dt, record["particles_per_s"], level.res_A,
+                level.work_box, level.psi_rad.size, level.shifts_px.shape[0],
+                state.align_res_A, *ess_q, *pmax_q,
                 record["empty_classes"], len(reseeded), 100 * record["changed_class_frac"],
                 record["mean_psi_change_deg"])
         is_last = it == len(plan) - 1
@@ -676,9 +664,9 @@ def finish(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, comm: C
     """Move poses with their recentred classes, sort classes, per-class statistics."""
     k = cfg.classify.n_classes
     # poses follow the final recentring (shift by R(psi) com) and verticalization (+alpha)
-    psi = geom.psi_rad[final.psi_idx] + alpha[final.cls]
+    psi = final.psi_rad + alpha[final.cls]
     t = final.shift_px.copy()
-    cps, sps = np.cos(geom.psi_rad[final.psi_idx]), np.sin(geom.psi_rad[final.psi_idx])
+    cps, sps = np.cos(final.psi_rad), np.sin(final.psi_rad)
     cx, cy = com[final.cls, 0], com[final.cls, 1]
     t[:, 0] += cps * cx - sps * cy
     t[:, 1] += sps * cx + cps * cy
