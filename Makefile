@@ -11,7 +11,7 @@ RANKS ?= 2
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install demo test test-fast lint clean bench bench-memory relion-compare \
-	report-screenshot test-mpi-hdf5 interop-tools
+	report-screenshot test-mpi-hdf5 interop-tools device-wheels device-check-dry
 
 # The system-MPI stack (what cluster users run): Debian's Open MPI, mpi4py and an
 # MPI-enabled h5py (parallel HDF5) under the system Python, with cryoclass's other
@@ -99,6 +99,17 @@ report-screenshot: install
 		--no-first-run --user-data-dir=$$(mktemp -d) --window-size=1300,2400 \
 		--screenshot=$(CURDIR)/demo_run/report.png file://$(CURDIR)/demo_run/report.html
 	@echo "screenshot: demo_run/report.png"
+
+# wheels the lent GPU machine lacks (it has no package registry), for launch/device_check.sh
+device-wheels:
+	mkdir -p .whl
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl mrcfile mpich
+
+# the device check's plumbing on this CPU machine (NumPy, tiny sizes)
+device-check-dry: install
+	BACKEND=numpy OUT=device_check_out bash launch/device_check.sh
 
 clean:
 	rm -rf demo_run demo_data .pytest_cache

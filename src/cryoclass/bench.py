@@ -11,7 +11,10 @@ classified with one online-EM iteration over all particles (warm-up) and one ful
 iteration (measured). Reported: particles/s of preprocessing, reading, E-step, M-step and
 the reduction; the E-step's floating-point operations and GFLOP/s; and the measured
 single-precision GEMM rate of the same BLAS with the same threads, so the ratio to the
-machine's limit is visible.
+machine's limit is visible. Then one full E-step over all particles per resolution level
+(``levels``, default: the automatic first level, two between, and the maximum alignment
+resolution) against the classes just formed: per level its resolution, E-step box,
+rotations, shifts and coefficients, seconds, particles/s and GFLOP/s.
 """
 
 from __future__ import annotations
@@ -61,8 +64,54 @@ def bench_config(n: int, n_classes: int, base: Config | None = None,
     return cfg
 
 
+def default_levels(geom, cfg) -> list[float]:
+    """First automatic level, two geometric steps between, and the finest (Å)."""
+    from cryoclass.em.schedule import initial_resolution
+
+    lo = max(initial_resolution(geom, cfg), geom.particle_diameter_A / 3.0)
+    hi = geom.max_align_res_A
+    return sorted({round(float(r), 2) for r in np.geomspace(lo, hi, 4)}, reverse=True)
+
+
+def bench_levels(table, result, cfg, comm, xp, levels: list[float] | None,
+                 peak_gflops: float) -> list[dict]:
+    """One full E-step (with the class-frame rotation and the reduction) per level."""
+    from cryoclass.em.driver import Layout, dtypes, load_shard, run_iteration
+    from cryoclass.em.levels import make_level
+    from cryoclass.em.schedule import sigma2_used
+
+    geom = result.geom
+    shard = load_shard(table, geom, comm, cfg.classify.seed, xp, real_dtype=dtypes(cfg)[0])
+    k = cfg.classify.n_classes
+    state = result.state
+    s2 = sigma2_used(state, 0, "full", cfg, geom)
+    def slowest(v: float) -> float:  # the slowest rank sets the time
+        return max(comm.allgather(float(v)))
+
+    rows = []
+    for res in levels if levels else default_levels(geom, cfg):
+        level = make_level(geom, res)
+        layout = Layout(k, geom.n_coeffs, geom.n_shells)
+        t0 = time.perf_counter()
+        out = run_iteration(state, shard, geom, level, cfg, "full", 0, s2, xp,
+                            np.full(shard.n_local, -1), np.zeros(shard.n_local), layout)
+        buf = comm.allreduce_sum_to_host(out.packed)
+        dt = slowest(time.perf_counter() - t0)
+        search_s = slowest(out.phase_seconds["t_coarse"] + out.phase_seconds["t_fine"])
+        gflop = float(layout.view(buf, "flops")[0]) / 1e9
+        rows.append({**level.describe(), "seconds": dt, "particles_per_s": shard.n_total / dt,
+                     "gflop": gflop,
+                     "search_gflops_per_rank": gflop / comm.size / max(search_s, 1e-9),
+                     "search_fraction_of_peak": gflop / comm.size / max(search_s, 1e-9)
+                     / peak_gflops,
+                     **{key: slowest(float(v)) for key, v in out.phase_seconds.items()}})
+    shard.store.close()
+    return rows
+
+
 def run_bench(comm, xp, n: int = 2000, box_px: int = 64, pixel_size_A: float = 3.0,
-              n_classes: int = 50, overrides: list[str] | tuple = (), seed: int = 0) -> dict:
+              n_classes: int = 50, overrides: list[str] | tuple = (), seed: int = 0,
+              levels: list[float] | None = None) -> dict:
     """Measure every phase; returns a dict of numbers (identical keys on every rank)."""
     from cryoclass.em import PHASES, classify
     from cryoclass.io.memory import table_from_simulation
@@ -111,6 +160,9 @@ def run_bench(comm, xp, n: int = 2000, box_px: int = 64, pixel_size_A: float = 3
     out["gemm_peak_gflops_per_rank"] = gemm_peak_gflops(xp=xp)
     out["search_fraction_of_peak"] = (out["search_gflops_per_rank"]
                                       / out["gemm_peak_gflops_per_rank"])
+    out["final_align_res_A"] = rec.get("align_res_A", g.max_align_res_A)
+    out["levels"] = bench_levels(table, result, cfg, comm, xp, levels,
+                                 out["gemm_peak_gflops_per_rank"])
     return out
 
 
@@ -121,7 +173,7 @@ def format_table(r: dict) -> str:
         f"(working {r['work_box_px']} px), K={r['n_classes']}, {r['n_ranks']} rank(s), "
         f"{r['backend']}, search {r['search_mode']}, force max "
         f"{'on' if r['force_max'] else 'off'}",
-        f"  grid: {r['n_psi']} rotations, {r['n_shifts']} shifts, "
+        f"  finest grid: {r['n_psi']} rotations, {r['n_shifts']} shifts, "
         f"{r['n_coeffs_align']} alignment coefficients",
         f"  read stacks        {r['read_particles_per_s']:10.0f} particles/s (one rank)",
         f"  preprocess         {r['preprocess_particles_per_s']:10.0f} particles/s per rank",
@@ -135,7 +187,16 @@ def format_table(r: dict) -> str:
         f"{r['search_gflops_per_rank']:.1f} GFLOP/s per rank = "
         f"{100 * r['search_fraction_of_peak']:.0f}% of the measured sgemm peak "
         f"({r['gemm_peak_gflops_per_rank']:.1f} GFLOP/s per rank)",
+        "  per resolution level (one full E-step over all particles, all ranks):",
+        "    res (Å)  box  rotations  shifts  coeffs   time (s)  particles/s  GFLOP/s/rank"
+        "  % peak",
     ]
+    for lv in r.get("levels", []):
+        lines.append(f"    {lv['align_res_A']:7.1f} {lv['level_box_px']:4d} "
+                     f"{lv['level_rotations']:10d} {lv['level_shifts']:7d} "
+                     f"{lv['level_coeffs']:7d} {lv['seconds']:10.2f} "
+                     f"{lv['particles_per_s']:12.0f} {lv['search_gflops_per_rank']:13.1f} "
+                     f"{100 * lv['search_fraction_of_peak']:7.0f}")
     return "\n".join(lines)
 
 

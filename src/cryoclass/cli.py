@@ -244,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-force-max", action="store_true")
     b.add_argument("--backend", choices=["auto", "numpy", "cupy"], default="auto")
     b.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[])
+    b.add_argument("--levels", metavar="A,A,...", default=None,
+                   help="alignment resolutions (Å) to time one full E-step at (default: "
+                        "the first automatic level to the finest, 4 levels)")
     b.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     b.set_defaults(func=cmd_bench)
 
@@ -393,8 +396,17 @@ def cmd_bench(args, comm) -> int:
         ov.append(f"search.mode={args.mode}")
     if args.no_force_max:
         ov.append("classify.force_max=false")
+    levels = None
+    if args.levels:
+        try:
+            levels = [float(v) for v in args.levels.split(",") if v.strip()]
+        except ValueError:
+            raise InputError(f"--levels: expected comma-separated Å values, got "
+                             f"{args.levels!r}") from None
+        if not levels or min(levels) <= 0:
+            raise InputError(f"--levels: resolutions must be > 0 Å, got {args.levels!r}")
     r = run_bench(comm, xp, n=args.n, box_px=args.box, pixel_size_A=args.pixel_size,
-                  n_classes=args.classes, overrides=ov)
+                  n_classes=args.classes, overrides=ov, levels=levels)
     if comm.rank == 0:
         print(format_table(r))
         if args.json:

@@ -397,6 +397,36 @@ def plot_noise_model(path: Path, shell_res_A: np.ndarray, sigma2_used: np.ndarra
                      sigma=ys)
 
 
+def plot_resolution_schedule(path: Path, history: list[dict]) -> Path | None:
+    """Draw the alignment resolution of each iteration and the classes' FRC-0.5 median.
+
+    Returns None when the records carry no resolution level (runs before the schedule).
+    """
+    recs = [r for r in history if "align_res_A" in r]
+    if not recs:
+        return None
+    it = np.array([int(r["iteration"]) for r in recs])
+    res = np.array([float(r["align_res_A"]) for r in recs])
+    fig = _figure(5.0, 3.0)
+    ax = fig.add_subplot(111)
+    ax.plot(it, 1.0 / res, "o-", label="aligned at (E-step level)")
+    frc = []
+    for r in recs:
+        v = np.asarray(r.get("frc_res_A", []), dtype=float)
+        v = v[np.isfinite(v)]
+        frc.append(1.0 / np.median(v) if v.size else np.nan)
+    ax.plot(it, frc, "s--", ms=3, label="median class FRC-0.5")
+    ticks = ax.get_yticks()
+    ax.set_yticks(ticks)
+    ax.set_yticklabels([_fmt_res(1.0 / t) if t > 0 else "" for t in ticks])
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("resolution (Å)")
+    ax.set_title("resolution schedule")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 # ------------------------------------------------------------------- per-iteration API
 def figure_paths(outdir: Path, tag: str) -> dict[str, Path]:
     """``{kind: outdir/figures/<kind>_<tag>.png}`` for the four figure kinds."""

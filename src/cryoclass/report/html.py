@@ -31,7 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from cryoclass.errors import InputError
-from cryoclass.report.figures import FIGURE_KINDS, plot_class_grid, write_final_figures
+from cryoclass.report.figures import (
+    FIGURE_KINDS,
+    plot_class_grid,
+    plot_resolution_schedule,
+    write_final_figures,
+)
 from cryoclass.report.metrics import METRIC_INFO, class_metrics
 
 logger = logging.getLogger(__name__)
@@ -387,7 +392,8 @@ def _kind_text(rec: dict) -> str:
 
 
 def _history_table(data: RunData) -> str:
-    head = ["iteration", "kind", "particles", "time (s)", "E-step (s)", "M-step (s)",
+    head = ["iteration", "kind", "aligned at (Å)", "E-step box", "rotations", "shifts",
+            "particles", "time (s)", "E-step (s)", "M-step (s)",
             "particles/s", "ESS q1", "ESS median", "ESS q3", "best-prob q1",
             "best-prob median", "best-prob q3", "empty classes", "class changed (%)",
             "mean psi change (deg)", "diagnostics (s)"]
@@ -396,7 +402,11 @@ def _history_table(data: RunData) -> str:
         it = int(rec.get("iteration", 0))
         ess = np.asarray(rec.get("ess_quartiles", [np.nan] * 3), dtype=float)
         pm = np.asarray(rec.get("pmax_quartiles", [np.nan] * 3), dtype=float)
-        vals = [(it, "{:.0f}"), None, (rec.get("n_particles", np.nan), "{:.0f}"),
+        vals = [(it, "{:.0f}"), None, (rec.get("align_res_A", np.nan), "{:.1f}"),
+                (rec.get("level_box_px", np.nan), "{:.0f}"),
+                (rec.get("level_rotations", np.nan), "{:.0f}"),
+                (rec.get("level_shifts", np.nan), "{:.0f}"),
+                (rec.get("n_particles", np.nan), "{:.0f}"),
                 (rec.get("seconds", np.nan), "{:.2f}"),
                 (rec.get("estep_seconds", np.nan), "{:.2f}"),
                 (rec.get("mstep_seconds", np.nan), "{:.2f}"),
@@ -538,6 +548,9 @@ def render_html(data: RunData, final_grid: Path | None = None,
                 parts.append(f'<img alt="{kind}" src="{_png_b64(final_figs[kind])}">')
         parts.append("</div>")
     parts.append("<h2>Iteration history</h2>")
+    sched = data.run_dir / "figures" / "resolution_schedule.png"
+    if data.history and plot_resolution_schedule(sched, data.history) is not None:
+        parts.append(f'<p><img alt="resolution schedule" src="{_png_b64(sched)}"></p>')
     parts.append(_figure_viewer(data))
     if data.history:
         parts.append(_history_table(data))
