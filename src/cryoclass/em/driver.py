@@ -27,6 +27,7 @@ from cryoclass.backend import array_namespace, to_host
 from cryoclass.config import Config
 from cryoclass.em.levels import Level, make_level
 from cryoclass.em.schedule import (
+    backprojection_resolution,
     initial_resolution,
     next_resolution,
     online_step,
@@ -303,8 +304,9 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, level: Level,
     rdt = dtypes(cfg)[0]
     ps = PoseSearch(xp.asarray(state.classes.astype(rdt)), s2, geom, level, c.force_max,
                     cfg.search.padding_factor, rdt)
-    num_bins = xp.zeros((2 * k * n_psi, m_coef), dtype=np.complex128)
-    den_bins = xp.zeros((2 * k * n_psi, m_coef), dtype=np.float64)
+    m_bp = level.bp.size
+    num_bins = xp.zeros((2 * k * n_psi, m_bp), dtype=np.complex128)
+    den_bins = xp.zeros((2 * k * n_psi, m_bp), dtype=np.float64)
     noise = xp.zeros(geom.n_shells, dtype=np.float64)
     buf = np.zeros(layout.total)
     lap("t_references")
@@ -346,9 +348,16 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, level: Level,
            for name, v in outs.items()}
     # rotate the per-psi sums into the class frame (all ranks, before the reduction)
     t_ph = time.perf_counter()
-    num_c, den_c = mstep.bins_to_class_frame(num_bins, den_bins, geom.work_box,
-                                             geom.index, geom.ky, geom.kx, level.psi_rad,
+    num_c, den_c = mstep.bins_to_class_frame(num_bins, den_bins, level.bp_box,
+                                             xp.asarray(level.bp_index), geom.ky[level.bp],
+                                             geom.kx[level.bp], level.psi_rad,
                                              cfg.search.padding_factor)
+    if m_bp < m_coef:  # online EM up to the backprojection radius: zero beyond it
+        num_f = xp.zeros((2, k, m_coef), dtype=np.complex128)
+        den_f = xp.zeros((2, k, m_coef), dtype=np.float64)
+        num_f[..., xp.asarray(level.bp)] = num_c
+        den_f[..., xp.asarray(level.bp)] = den_c
+        num_c, den_c = num_f, den_f
     tm["t_class_frame"] = _lap(xp, t_ph)
     layout.view(buf, "noise_n")[:] = ps.shell_counts() * rows_all.size
     layout.view(buf, "class_w")[:] = np.bincount(res["cls"].astype(np.int64), minlength=k)
@@ -562,7 +571,9 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
         kind, sub = plan[it]
         t_it = time.perf_counter()
         s2 = sigma2_used(state, it, kind, cfg, geom)
-        level = make_level(geom, state.align_res_A)
+        level = make_level(geom, state.align_res_A,
+                           backprojection_resolution(state.align_res_A, geom, cfg)
+                           if kind == "online" else None)
         out = run_iteration(state, shard, geom, level, cfg, kind, it, s2, xp, last_class,
                             last_psi, layout, show_progress=show)
         t_e = time.perf_counter() - t_it
@@ -575,6 +586,11 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
             step = online_step(sub)
             num = (1 - step) * state.num + step * num
             den = (1 - step) * state.den + step * den
+        if level.bp.size < geom.n_coeffs:  # the statistics exist up to the radius only
+            outside = np.ones(geom.n_coeffs, dtype=bool)
+            outside[level.bp] = False
+            num[..., outside] = 0
+            den[..., outside] = 0
         state.num, state.den = num, den
         noise_n = layout.view(buf, "noise_n")
         ok = noise_n > 0

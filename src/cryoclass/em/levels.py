@@ -53,13 +53,17 @@ class Level:
     shift_step_px: float
     sigma_shift_px: float
     search_mode: str
+    bp: np.ndarray  # (M_b,) positions in 0..M-1 of the coefficients backprojected
+    bp_box: int  # box of the class-frame rotation of the backprojected bins
+    bp_index: np.ndarray  # (M_b,) flat half-plane index of ``bp`` in the bp_box
 
     def describe(self) -> dict:
         """Numbers for the event log, run.h5 and the report."""
         return {"align_res_A": float(self.res_A), "level_box_px": int(self.work_box),
                 "level_coeffs": int(self.align.size), "level_rotations": int(self.psi_rad.size),
                 "level_shifts": int(self.shifts_px.shape[0]),
-                "level_shift_step_px": float(self.shift_step_px)}
+                "level_shift_step_px": float(self.shift_step_px),
+                "backproject_box_px": int(self.bp_box)}
 
 
 def _log_prior(t: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -82,8 +86,28 @@ def coarsest_resolution(geom: Geometry) -> float:
     return geom.work_box * geom.work_pixel_A / MIN_RADIUS
 
 
-def make_level(geom: Geometry, res_A: float) -> Level:
-    """Level of alignment resolution ``res_A`` (clamped to the run's alignment range)."""
+def backprojected(geom: Geometry, bp_res_A: float | None) -> tuple:
+    """Coefficients backprojected up to ``bp_res_A`` (None: all, to ``max_res_A``).
+
+    Returns positions (M_b,), the smallest even box holding them and their flat
+    half-plane index in that box.
+    """
+    m, p = geom.work_box, geom.work_pixel_A
+    if bp_res_A is None or bp_res_A <= geom.max_res_A:
+        return np.arange(geom.n_coeffs), m, geom.index
+    radius = m * p / bp_res_A
+    bp = np.flatnonzero(np.hypot(geom.ky, geom.kx) <= radius + 1e-9)
+    box = min(m, 2 * int(np.floor(radius + 1e-9)) + 2)
+    ky = np.rint(geom.ky[bp]).astype(np.int64) % box
+    return bp, box, ky * (box // 2 + 1) + np.rint(geom.kx[bp]).astype(np.int64)
+
+
+def make_level(geom: Geometry, res_A: float, bp_res_A: float | None = None) -> Level:
+    """Level of alignment resolution ``res_A`` (clamped to the run's alignment range).
+
+    ``bp_res_A``: backproject only up to this resolution (online-EM iterations, see
+    :func:`cryoclass.em.schedule.backprojection_resolution`); None = up to ``max_res_A``.
+    """
     m, p = geom.work_box, geom.work_pixel_A
     res = float(min(max(res_A, geom.max_align_res_A), coarsest_resolution(geom)))
     res = max(res, geom.max_align_res_A)
@@ -101,9 +125,11 @@ def make_level(geom: Geometry, res_A: float) -> Level:
     shifts = shift_grid(geom.shift_range_px, step)
     shifts_c = shift_grid(geom.shift_range_px, 2 * step)
     sigma = max(geom.shift_range_px, 1e-6)
+    bp, bp_box, bp_index = backprojected(geom, None if bp_res_A is None else min(bp_res_A, res))
     return Level(
         res_A=res, work_box=working_box(m, p, res)[0], radius_px=radius, coeffs=coeffs,
         align=align, coarse=coarse, psi_rad=psi_grid(level_psi_step_deg(geom, res)),
         shifts_px=shifts, log_prior_shift=_log_prior(shifts, sigma),
         shifts_coarse_px=shifts_c, log_prior_shift_coarse=_log_prior(shifts_c, sigma),
-        shift_step_px=step, sigma_shift_px=sigma, search_mode=geom.search_mode)
+        shift_step_px=step, sigma_shift_px=sigma, search_mode=geom.search_mode,
+        bp=bp, bp_box=bp_box, bp_index=bp_index)

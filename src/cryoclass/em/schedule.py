@@ -101,3 +101,16 @@ def next_resolution(current_A: float, frc, weights, geom: Geometry, cfg: Config)
     res = supported_resolution(frc, weights, geom.shell_res_A)
     k = (1.0 / res if np.isfinite(res) else 0.0) + MARGIN_SPECKLES / geom.particle_diameter_A
     return float(max(geom.max_align_res_A, min(current_A, 1.0 / k)))
+
+
+def backprojection_resolution(res_A: float, geom: Geometry, cfg: Config) -> float | None:
+    """Online-EM iterations backproject up to the level plus two margins (None: all).
+
+    The next level can rise at most to where these statistics reach plus one margin, so
+    nothing beyond is needed yet; final full iterations replace the statistics up to
+    ``max_res_A``. Off with the schedule.
+    """
+    if not cfg.classify.resolution_schedule:
+        return None
+    k = 1.0 / res_A + 2.0 * MARGIN_SPECKLES / geom.particle_diameter_A
+    return None if 1.0 / k <= geom.max_res_A else float(1.0 / k)

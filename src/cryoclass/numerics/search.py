@@ -107,8 +107,15 @@ class PoseSearch:
                                                 xp, dtype=cdt)
         self.tx_a = xp.ascontiguousarray(self.tx[:, self.align])
         self.ty_a = xp.ascontiguousarray(self.ty[:, self.align])
+        # the backprojection's coefficients (all averaging coefficients, or fewer during
+        # online EM): tables restricted to them
+        self.bp = xp.asarray(level.bp)
+        self.full_bp = level.bp.size == geom.n_coeffs
+        self.tx_b = self.tx if self.full_bp else xp.ascontiguousarray(self.tx[:, self.bp])
+        self.ty_b = self.ty if self.full_bp else xp.ascontiguousarray(self.ty[:, self.bp])
+        self.inv_s2_b = self.inv_s2 if self.full_bp else self.inv_s2[self.bp]
         d9 = np.array([[dx, dy] for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
-        self.s_local = estep.lattice_phases(self.tx, self.ty, xp.asarray(d9))  # (9, M)
+        self.s_local = estep.lattice_phases(self.tx_b, self.ty_b, xp.asarray(d9))  # (9, M_b)
 
     def chunk_size(self, requested: int) -> int:
         """Particles per chunk that keep the largest temporaries bounded."""
@@ -186,17 +193,20 @@ class PoseSearch:
 
         ``weights`` (P, K) are the class weights of the M-step (the posteriors, or one-hot
         for hard classification). Best pose per class, or the local/exhaustive pose
-        marginal when the search was run without force max.
+        marginal when the search was run without force max. The bins hold the level's
+        backprojected coefficients ``level.bp``: (2 K n_psi, M_b).
         """
         xp, k, n_psi = self.xp, self.k, self.n_psi
-        g = (ctf * y) * self.inv_s2  # noise-weighted; the scale cancels in the Wiener filter
-        ctf2 = (ctf * ctf) * self.inv_s2
+        if not self.full_bp:
+            y, ctf = y[:, self.bp], ctf[:, self.bp]
+        g = (ctf * y) * self.inv_s2_b  # noise-weighted; the scale cancels in the Wiener filter
+        ctf2 = (ctf * ctf) * self.inv_s2_b
         if poses.local is None and poses.exhaustive is None:
             ii, kc = xp.nonzero(weights > P_MIN)
             if ii.size:
                 bins = (half[ii] * k + kc) * n_psi + poses.psi[ii, kc]
                 estep.accumulate_pairs(num_bins, den_bins, g, ctf2, ii, bins,
-                                       estep.lattice_phases(self.tx, self.ty,
+                                       estep.lattice_phases(self.tx_b, self.ty_b,
                                                             poses.shift[ii, kc]),
                                        weights[ii, kc])
         elif poses.local is not None:
@@ -209,13 +219,14 @@ class PoseSearch:
             ii, kc, cb, dd = xp.nonzero(wsum > P_MIN)
             if ii.size:
                 bins = (half[ii] * k + kc) * n_psi + cand_psi[ii, kc, cb, dd]
-                phase_rows = (estep.lattice_phases(self.tx, self.ty, cand_t[ii, kc, cb, 4])
+                phase_rows = (estep.lattice_phases(self.tx_b, self.ty_b, cand_t[ii, kc, cb, 4])
                               * (wl[ii, kc, cb, dd] @ self.s_local))  # S_ab (W @ S_d)
                 estep.accumulate_pairs(num_bins, den_bins, g, ctf2, ii, bins, phase_rows,
                                        xp.ones(ii.size, dtype=self.rdt),
                                        wsum[ii, kc, cb, dd])
         else:
-            estep.accumulate_marginal(num_bins, den_bins, g, ctf2, self.phases,
+            phases = self.phases if self.full_bp else self.phases[:, self.bp]
+            estep.accumulate_marginal(num_bins, den_bins, g, ctf2, phases,
                                       poses.exhaustive, half, weights)
 
     def residual_power(self, y, ctf, cls, shift, psi):
