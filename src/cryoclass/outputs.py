@@ -228,14 +228,12 @@ def write_outputs(outdir: Path, table, result: RunResult, cfg: Config,
     files are written collectively, in chunks, so no rank holds every particle; the
     class averages and the config are rank 0's. Returns the paths written (on rank 0).
     """
+    from cryoclass.io.paths import prepare_output_dir
     from cryoclass.parallel.comm import Comm
     from cryoclass.progress import Bar
 
     comm = comm if comm is not None else Comm(None)
-    outdir = Path(outdir)
-    if comm.rank == 0:
-        outdir.mkdir(parents=True, exist_ok=True)
-    comm.barrier()
+    outdir = prepare_output_dir(outdir, comm)
     dup = duplicate_mask(table, result, cfg, comm)
     provenance, history = comm.bcast((provenance, result.state.history))
     result.state.history = history  # identical on every rank (timings are rank 0's)
@@ -253,12 +251,13 @@ def _write_outputs(outdir: Path, table, result: RunResult, cfg: Config,
     from cryoclass.io.interop import write_class_averages_cs, write_class_averages_star
     from cryoclass.io.mrc import write_stack
     from cryoclass.io.particles import write_subset_cs, write_subset_star
+    from cryoclass.io.paths import on_root
     from cryoclass.io.star import atomic_output
 
     paths = {name: outdir / name for name in (
         "run.h5", "class_averages.mrcs", "class_averages.star", "class_averages.cs",
         "particles.star", "particles.cs", "config.toml")}
-    if comm.rank == 0:
+    def class_files():
         write_stack(paths["class_averages.mrcs"],
                     class_images_full_box(result.state.classes, result.geom.box_px),
                     result.geom.pixel_size_A)
@@ -270,6 +269,8 @@ def _write_outputs(outdir: Path, table, result: RunResult, cfg: Config,
                                 result.frc_res_A, project_dir=project)
         with atomic_output(paths["config.toml"]) as fh:
             fh.write(to_toml(cfg))
+
+    on_root(comm, class_files)  # a write error on rank 0 stops every rank
     bar.update(1)
     align = alignment_columns(result, ctf_off=not cfg.ctf.correct)
     keep = None if dup is None else np.flatnonzero(~dup)

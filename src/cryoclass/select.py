@@ -771,8 +771,9 @@ def write_selection(outdir: str | os.PathLike, run: RunData, sel: Selection,
                          "--particles")
     if not table.box_px:
         table.box_px = int(run.attrs.get("box_px", 0))
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    from cryoclass.io.paths import prepare_output_dir
+
+    outdir = prepare_output_dir(outdir, option="--out")
     align = run.align()
     paths = {name: outdir / name for name in ("selected.star", "selected.cs",
                                               "selected_class_averages.mrcs",

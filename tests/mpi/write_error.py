@@ -1,0 +1,51 @@
+"""A write that fails on rank 0 mid-file, collectively: every rank must raise the same error.
+
+Usage: mpiexec -n R python write_error.py OUTDIR LIMIT_BYTES
+
+Rank 0 gets a file-size limit (writes past it fail with EFBIG, as on a full disk); every
+rank sends many small pieces of ``big.txt`` (write_in_rank_order) and its rows of
+``run.h5`` (the gathering HDF5 writer). Each rank prints ``<rank> <file> <message>`` for
+the OutputError it got, or ``<rank> <file> ok``.
+"""
+
+import resource
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cryoclass.errors import OutputError
+from cryoclass.io.results import PARTICLE_DTYPES, write_run_file
+from cryoclass.io.star import write_in_rank_order
+from cryoclass.parallel.comm import Comm
+
+out, limit = Path(sys.argv[1]), int(sys.argv[2])
+if "--no-mpi" in sys.argv:
+    comm = Comm(None)
+else:
+    from mpi4py import MPI
+
+    comm = Comm(MPI.COMM_WORLD)
+if comm.rank == 0:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def report(name, fn):
+    try:
+        fn()
+        print(comm.rank, name, "ok", flush=True)
+    except OutputError as exc:
+        print(comm.rank, name, exc, flush=True)
+
+
+pieces = (f"rank {comm.rank} line {i}\n" * 20 for i in range(200))
+report("big.txt", lambda: write_in_rank_order(out / "big.txt", comm, "w",
+                                              lambda fh: fh.write("head\n"), pieces, "",
+                                              0x77))
+n_local = 40_000
+start = comm.rank * n_local
+local = {name: np.zeros(n_local, dtype=dt) for name, dt in PARTICLE_DTYPES.items()}
+report("run.h5", lambda: write_run_file(out / "run.h5", comm, comm.size * n_local, start,
+                                        local, lambda f: None, chunk_rows=5000))
