@@ -508,15 +508,21 @@ def run_classify(args, cfg, comm) -> int:
     from cryoclass.outputs import provenance, write_outputs
     from cryoclass.resources import log_memory
 
+    from cryoclass.screening import screen_particles
+
     outdir = Path(args.out)
     table = _load_inputs(args, cfg, comm)
     if args.validate_only:
+        screened = screen_particles(table, cfg, comm)  # reads every image once
         if comm.rank == 0:
             print(f"{args.particles}: {table.n_total} particles, box {table.box_px} px, "
-                  f"{table.pixel_size_A:.4f} Å/px; config OK")
+                  f"{table.pixel_size_A:.4f} Å/px, {screened.n_constant} constant images; "
+                  "config OK")
         return 0
     prepare_output_dir(outdir, comm)  # a file in the way, no permission: one line, now
     setup_logging(comm.rank, -1 if args.quiet else args.verbose, outdir / "logs")
+    screened = screen_particles(table, cfg, comm)  # constant images: stop, or leave out
+    table = screened.table
     xp = get_namespace(cfg.compute.backend)
     if xp.__name__ == "cupy":
         select_device(local_rank(comm), parse_devices(cfg.compute.devices))
@@ -561,7 +567,7 @@ def run_classify(args, cfg, comm) -> int:
                 diag.close()
         log_memory("after the iterations")
         prov = provenance(sys.argv, comm.size, xp.__name__, args.particles)
-        write_outputs(outdir, table, result, cfg, prov, comm)
+        write_outputs(outdir, table, result, cfg, prov, comm, screened=screened)
         log_memory("after writing the outputs")
         log_peak_memory(comm)
         from cryoclass.report import build_report

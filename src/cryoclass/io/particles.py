@@ -47,6 +47,7 @@ __all__ = [
     "write_particles_cs",
     "write_subset_star",
     "write_subset_cs",
+    "subset_table",
 ]
 
 _DEG2RAD = np.pi / 180.0
@@ -87,6 +88,10 @@ class ParticleTable:
         Pixel size of the set (of its first particle).
     pixel_size_range_A : tuple of float
         Smallest and largest pixel size over the whole set.
+    input_rows : numpy.ndarray of int64 or None
+        Row in the input file of each of this table's rows, for a subset of the input
+        (:func:`subset_table`); None when the table is the input itself (row
+        ``row_offset + i``).
     """
 
     meta: pd.DataFrame
@@ -103,6 +108,7 @@ class ParticleTable:
     n_total: int = -1
     pixel_size_A: float = 0.0
     pixel_size_range_A: tuple[float, float] = (0.0, 0.0)
+    input_rows: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.n_total < 0:
@@ -114,6 +120,13 @@ class ParticleTable:
 
     def __len__(self) -> int:
         return len(self.meta)
+
+    def global_input_rows(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Rows in the input file of this table's ``rows`` (all when None), int64."""
+        local = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
+        if self.input_rows is None:
+            return local + self.row_offset
+        return np.asarray(self.input_rows, dtype=np.int64)[local]
 
     def image_source(self, max_open: int = 64) -> ImageSource:
         """Return an :class:`~cryoclass.io.mrc.ImageSource` over this table's rows."""
@@ -210,7 +223,7 @@ def _make_meta(columns: dict[str, np.ndarray]) -> pd.DataFrame:
     return meta
 
 
-def _collectively(comm: Comm, fn):
+def collectively(comm: Comm, fn):
     """Run ``fn`` on every rank; if it raises an InputError on any, raise it on all.
 
     The message raised is that of the lowest failing rank (the earliest particle row,
@@ -613,11 +626,11 @@ def load_particles(path: str | os.PathLike, *, ctf: bool = True, project_dir: st
     """
     path = os.fspath(path)
     comm = comm if comm is not None else Comm(None)
-    plan = _collectively(comm, lambda: _plan(path, project_dir) if comm.rank == 0 else None)
+    plan = collectively(comm, lambda: _plan(path, project_dir) if comm.rank == 0 else None)
     plan = comm.bcast(plan)
     start, stop = block_range(plan.n, comm.size, comm.rank)
     n = stop - start
-    meta, raw, has_locations, box = _collectively(
+    meta, raw, has_locations, box = collectively(
         comm, lambda: _read_slice(plan, path, start, stop, ctf))
     base = plan.base
     if plan.fmt == "star":
@@ -646,7 +659,7 @@ def load_particles(path: str | os.PathLike, *, ctf: bool = True, project_dir: st
                                          "that)") from None
                     raise
                 return source.box_px if n else 0
-        boxes = [b for b in comm.allgather(_collectively(comm, check)) if b]
+        boxes = [b for b in comm.allgather(collectively(comm, check)) if b]
         if len(set(boxes)) > 1:
             sizes = ", ".join(map(str, sorted(set(boxes))))
             raise InputError(f"{path}: mixed box sizes ({sizes} px) in the image stacks; "
@@ -671,6 +684,72 @@ def load_particles(path: str | os.PathLike, *, ctf: bool = True, project_dir: st
                     "on" if table.has_ctf else "off", "yes" if table.has_locations else "no",
                     f", read as {comm.size} slices" if comm.size > 1 else "")
     return table
+
+
+def subset_table(table: ParticleTable, keep: np.ndarray, comm: Comm | None = None
+                 ) -> ParticleTable:
+    """Return the particle set without some rows, re-sliced over the ranks; collective.
+
+    Parameters
+    ----------
+    table
+        This rank's slice of the set (as :func:`load_particles` returns it).
+    keep : int array
+        This rank's rows (local, ascending) that stay in the set.
+    comm : Comm, optional
+
+    Returns
+    -------
+    ParticleTable
+        The kept rows of every rank, in input order, sliced by
+        :func:`~cryoclass.parallel.partition.block_range` over the new count, as if the
+        input had held only them (``input_rows`` gives each row's row in the input).
+        Each rank's new slice comes from its own rows and its neighbours' (moved with one
+        ``alltoall``); the result is the same for every rank count.
+    """
+    comm = comm if comm is not None else Comm(None)
+    keep = np.asarray(keep, dtype=np.int64)
+    counts = np.asarray(comm.allgather(int(keep.size)), dtype=np.int64)
+    n_new = int(counts.sum())
+    first_new = int(counts[: comm.rank].sum())
+    starts = np.array([block_range(n_new, comm.size, r)[0] for r in range(comm.size)])
+    dest = np.searchsorted(starts, first_new + np.arange(keep.size), side="right") - 1
+    raw = table.cs_array if table.cs_array is not None else (
+        table.star_blocks[table.particles_block] if table.star_blocks is not None else None)
+
+    def piece(sel: np.ndarray):
+        rows = keep[sel]
+        part = None
+        if raw is not None:
+            part = (np.asarray(raw[rows]) if isinstance(raw, np.ndarray)
+                    else raw.iloc[rows].reset_index(drop=True))
+        return table.meta.iloc[rows].reset_index(drop=True), part, \
+            table.global_input_rows(rows)
+
+    outgoing = [None if r == comm.rank else piece(np.flatnonzero(dest == r))
+                for r in range(comm.size)]
+    incoming = comm.alltoall(outgoing)
+    incoming[comm.rank] = piece(np.flatnonzero(dest == comm.rank))
+    metas, raws, inputs = zip(*incoming, strict=True)
+    meta = pd.concat(metas, ignore_index=True)
+    new_raw = None
+    if isinstance(raw, np.ndarray):
+        new_raw = np.concatenate(raws)
+    elif raw is not None:  # the slices' column types already agree (load_particles)
+        new_raw = pd.concat(list(raws), ignore_index=True)
+    blocks = None
+    if table.star_blocks is not None:
+        blocks = {name: (new_raw if name == table.particles_block else block)
+                  for name, block in table.star_blocks.items()}
+    start, _ = block_range(n_new, comm.size, comm.rank)
+    return ParticleTable(
+        meta=meta, source_format=table.source_format, source_path=table.source_path,
+        star_blocks=blocks, particles_block=table.particles_block,
+        cs_array=new_raw if isinstance(raw, np.ndarray) else None, box_px=table.box_px,
+        has_ctf=table.has_ctf, has_locations=table.has_locations, base_dir=table.base_dir,
+        row_offset=start, n_total=n_new, pixel_size_A=table.pixel_size_A,
+        pixel_size_range_A=table.pixel_size_range_A,
+        input_rows=np.concatenate(inputs).astype(np.int64))
 
 
 # --- writers ------------------------------------------------------------------------------
@@ -843,7 +922,7 @@ def _uids(table: ParticleTable, rows: np.ndarray) -> np.ndarray:
     """
     seed = zlib.crc32(os.path.abspath(table.source_path).encode())
     return splitmix64(np.uint64(seed) * np.uint64(0x100000000)
-                      + np.asarray(rows, dtype=np.uint64) + np.uint64(table.row_offset))
+                      + table.global_input_rows(rows).astype(np.uint64))
 
 
 def _micrograph_shapes(table: ParticleTable, comm: Comm) -> dict[str, tuple] | None:
