@@ -507,7 +507,6 @@ def run_classify(args, cfg, comm) -> int:
     from cryoclass.io.paths import on_root, prepare_output_dir
     from cryoclass.outputs import provenance, write_outputs
     from cryoclass.resources import log_memory
-
     from cryoclass.screening import screen_particles
 
     outdir = Path(args.out)

@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 #: Per-particle datasets of ``/particles`` and their dtypes.
 PARTICLE_DTYPES = {
-    "input_row": np.int64, "class": np.int32, "class_posterior": np.float32, "best_class_prob": np.float32,
+    "input_row": np.int64, "class": np.int32, "class_posterior": np.float32,
+    "best_class_prob": np.float32,
     "ess": np.float32, "psi_deg": np.float32, "shift_x_px": np.float32,
     "shift_y_px": np.float32, "shift_x_A": np.float32, "shift_y_A": np.float32,
     "score": np.float32, "half_set": np.int8, "duplicate": np.int8,
