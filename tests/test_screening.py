@@ -129,6 +129,9 @@ def test_few_constant_images_are_left_out_the_same_for_1_2_3_ranks(few, tmp_path
         warn = [ln for ln in r.stderr.splitlines() if "images are constant" in ln]
         assert len(warn) == 1, r.stderr[-3000:]  # one warning line, from rank 0
         assert "3 of 240" in warn[0] and "rows 4, 101, 240" in warn[0], warn[0]
+        # no micrograph files: said once although three .cs files are written
+        missing = [ln for ln in r.stderr.splitlines() if "no location/* fields" in ln]
+        assert len(missing) == 1, r.stderr[-3000:]
         runs[n] = run_results(out)
         no_nan_anywhere(out)
         rej = read_star(out / "rejected_constant.star")["particles"]

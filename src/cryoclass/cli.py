@@ -370,6 +370,8 @@ def _load_inputs(args, cfg, comm):
 
     table = load_particles(args.particles, ctf=cfg.ctf.correct, project_dir=args.project_dir,
                            check_images=True, comm=comm)
+    if cfg.output.micrograph_nx_px:  # for .cs location/* when the micrographs are missing
+        table.micrograph_shape_px = (cfg.output.micrograph_ny_px, cfg.output.micrograph_nx_px)
     check_table(table, cfg)
     return table
 

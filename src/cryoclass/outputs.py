@@ -127,10 +127,21 @@ def find_duplicates_distributed(comm, micrograph: np.ndarray, x_px: np.ndarray,
 
 
 def alignment_columns(result: RunResult, ctf_off: bool) -> dict[str, np.ndarray]:
-    """Return this rank's per-particle alignment for the STAR/CS writers."""
+    """Return this rank's per-particle alignment for the STAR/CS writers.
+
+    Per-particle E-step quantities that the results carry (attributes of
+    :class:`~cryoclass.em.ParticleResults` named as the keys of
+    :data:`cryoclass.io.fields.CS_OPTIONAL_ALIGN`, e.g. ``image_pow``) go to their
+    ``alignments2D/*`` slots; the slots of those it lacks get CryoSPARC's neutral values.
+    """
+    from cryoclass.io.fields import CS_OPTIONAL_ALIGN
+
     p = result.local
     ps = result.geom.pixel_size_A
+    extra = {key: getattr(p, key) for key in CS_OPTIONAL_ALIGN
+             if getattr(p, key, None) is not None}
     return {
+        **extra,
         "class_index": p.class_index.astype(np.int64),
         "psi_deg": relion_psi_deg(p.psi_rad),
         "shift_x_A": p.shift_px[:, 0] * ps,

@@ -774,6 +774,11 @@ def write_selection(outdir: str | os.PathLike, run: RunData, sel: Selection,
                          "run's input with --particles")
     if not table.box_px:
         table.box_px = int(run.attrs.get("box_px", 0))
+    out_cfg = (tomllib.loads(str(run.attrs["config_toml"])).get("output", {})
+               if "config_toml" in run.attrs else {})
+    if out_cfg.get("micrograph_nx_px"):  # the run's micrograph shape for location/*
+        table.micrograph_shape_px = (int(out_cfg["micrograph_ny_px"]),
+                                     int(out_cfg["micrograph_nx_px"]))
     from cryoclass.io.paths import prepare_output_dir
 
     outdir = prepare_output_dir(outdir, option="--out")
