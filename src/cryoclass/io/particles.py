@@ -1246,11 +1246,15 @@ def write_particles_cs(path: str | os.PathLike, table: ParticleTable,
                        align: Mapping[str, object], comm: Comm | None = None) -> None:
     """Write every particle with its alignment as a CryoSPARC .cs file.
 
-    The input array (or, for STAR input, a new one with ``uid``, ``blob/*``, ``ctf/*``
-    and, when micrograph headers are readable, ``location/*``) gets these fields added
-    or overwritten: ``alignments2D/class`` (u4), ``pose`` (f4, rad = psi),
-    ``shift`` ((2,) f4, px, = RELION origin = -shift_A / pixel size), ``psize_A``,
-    ``class_posterior``, ``class_ess``, ``error`` (= -score) and ``split`` (u4 half set).
+    The file carries CryoSPARC's complete particle slots, the 42 fields of a CryoSPARC 2D
+    classification export in its order and dtypes
+    (:data:`~cryoclass.io.fields.CS_PARTICLE_SLOTS`), plus ``location/*`` where the
+    micrograph shapes are known. A .cs input's fields pass through unchanged (slots it
+    lacks are added); ``alignments2D/*`` are this run's: ``class`` (u4), ``pose`` (rad =
+    psi), ``shift`` ((2,) px = RELION origin = -shift_A / pixel size), ``psize_A``,
+    ``class_posterior``, ``class_ess``, ``error`` (= -score), ``split`` (half set), the
+    optional E-step quantities of ``align`` (:data:`~cryoclass.io.fields.CS_OPTIONAL_ALIGN`)
+    where given and CryoSPARC's neutral values otherwise (docs/formats.md §2.4).
 
     Parameters are as for :func:`write_particles_star`.
     """
