@@ -281,3 +281,19 @@ def test_collective_writers_agree_on_rank_0s_write_error(tmp_path, ranks, limit)
         assert len(set(got[name].values())) == 1, got[name]
         assert "file too large" in got[name][0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_simulate_and_select_outputs_in_the_way(dataset, tmp_path):
+    cmd = [sys.executable, "-m", "cryoclass"]
+    target = tmp_path / "file"
+    target.write_text("x")
+    r = subprocess.run([*cmd, "simulate", str(target), "--n", "20"], capture_output=True,
+                       text=True, env=env(), timeout=120)
+    one_line(r, "not a directory")
+    run = tmp_path / "run"
+    r = classify(dataset, run)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run([*cmd, "select", str(run), "--drop", "1", "--out", str(target)],
+                       capture_output=True, text=True, env=env(), timeout=120)
+    one_line(r, str(target), "not a directory")
+    assert target.read_text() == "x"
