@@ -268,19 +268,23 @@ def test_collective_writers_agree_on_rank_0s_write_error(tmp_path, ranks, limit)
     """Rank 0 fails mid-file (in its own 64 KB of big.txt, or in rank 1's): all ranks
     raise the same error and none is left blocked sending."""
     script = Path(__file__).parent / "mpi" / "write_error.py"
-    cmd = [str(MPIEXEC), "-n", str(ranks), sys.executable, str(script), str(tmp_path),
-           str(limit)]
+    out, reports = tmp_path / "out", tmp_path / "reports"
+    out.mkdir()
+    reports.mkdir()
+    cmd = [str(MPIEXEC), "-n", str(ranks), sys.executable, str(script), str(out),
+           str(limit), str(reports)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env())
     assert r.returncode == 0, r.stderr[-3000:]
     got = {}
-    for line in r.stdout.splitlines():
+    lines = [ln for p in sorted(reports.iterdir()) for ln in p.read_text().splitlines()]
+    for line in lines:
         rank, name, msg = line.split(" ", 2)
         got.setdefault(name, {})[int(rank)] = msg
     for name in ("big.txt", "run.h5"):
-        assert sorted(got[name]) == list(range(ranks)), r.stdout
+        assert sorted(got[name]) == list(range(ranks)), lines
         assert len(set(got[name].values())) == 1, got[name]
         assert "file too large" in got[name][0]
-    assert list(tmp_path.iterdir()) == []
+    assert list(out.iterdir()) == []
 
 
 def test_simulate_and_select_outputs_in_the_way(dataset, tmp_path):

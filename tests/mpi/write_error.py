@@ -1,11 +1,12 @@
 """A write that fails on rank 0 mid-file, collectively: every rank must raise the same error.
 
-Usage: mpiexec -n R python write_error.py OUTDIR LIMIT_BYTES
+Usage: mpiexec -n R python write_error.py OUTDIR LIMIT_BYTES REPORTDIR
 
 Rank 0 gets a file-size limit (writes past it fail with EFBIG, as on a full disk); every
 rank sends many small pieces of ``big.txt`` (write_in_rank_order) and its rows of
-``run.h5`` (the gathering HDF5 writer). Each rank prints ``<rank> <file> <message>`` for
-the OutputError it got, or ``<rank> <file> ok``.
+``run.h5`` (the gathering HDF5 writer). Each rank writes ``<rank> <file> <message>`` for
+the OutputError it got, or ``<rank> <file> ok``, to REPORTDIR/rank<r>.txt (printed lines
+of several ranks can interleave).
 """
 
 import resource
@@ -20,7 +21,7 @@ from cryoclass.io.results import PARTICLE_DTYPES, write_run_file
 from cryoclass.io.star import write_in_rank_order
 from cryoclass.parallel.comm import Comm
 
-out, limit = Path(sys.argv[1]), int(sys.argv[2])
+out, limit, reports = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 if "--no-mpi" in sys.argv:
     comm = Comm(None)
 else:
@@ -35,9 +36,11 @@ if comm.rank == 0:
 def report(name, fn):
     try:
         fn()
-        print(comm.rank, name, "ok", flush=True)
+        line = f"{comm.rank} {name} ok"
     except OutputError as exc:
-        print(comm.rank, name, exc, flush=True)
+        line = f"{comm.rank} {name} {exc}"
+    with open(reports / f"rank{comm.rank}.txt", "a") as fh:  # written before the limit
+        fh.write(line + "\n")
 
 
 pieces = (f"rank {comm.rank} line {i}\n" * 20 for i in range(200))
