@@ -511,10 +511,13 @@ def load_run(run_dir: str | os.PathLike, rule: AutoRule = AutoRule()) -> RunData
                          minlength=classes["count"].size)[: classes["count"].size]
     if metrics is None:
         metrics = _metrics_from_images(classes, attrs)
+    empty = counts == 0  # run.h5 writes 0 for their undefined statistics (no NaN in files)
     cls = {
         "count": counts.astype(np.int64),
-        "median_ess": np.asarray(classes["median_ess"], dtype=np.float64),
-        "mean_posterior": np.asarray(classes["mean_posterior"], dtype=np.float64),
+        "median_ess": np.where(empty, np.nan, np.asarray(classes["median_ess"],
+                                                         dtype=np.float64)),
+        "mean_posterior": np.where(empty, np.nan, np.asarray(classes["mean_posterior"],
+                                                             dtype=np.float64)),
         "outside_power_frac": np.asarray(metrics["outside_power_frac"], dtype=np.float64),
         "contrast": np.asarray(metrics["contrast"], dtype=np.float64),
         "center_offset_A": np.asarray(metrics.get("center_offset_A",
