@@ -337,3 +337,52 @@ def test_cryosparc_tools_loads_cs_run_output_and_reads_our_star(cs_run, star_run
     assert len(blocks["particles"]) == len(read_cs(star_run / "particles.cs"))
     refs = star.read(star_run / "class_averages.star")
     assert len(refs["model_classes"]) == len(Dataset.load(star_run / "class_averages.cs"))
+
+
+# --- CryoSPARC's complete slots (issue 13) ------------------------------------------------
+
+
+@needs_cstools
+def test_cryosparc_tools_loads_every_cs_output_with_the_42_slots(base, star_run, tmp_path):
+    """particles.cs, rejected_duplicates.cs, class_averages.cs and the selection's .cs:
+    CryoSPARC's field list, order and dtypes, loaded by cryosparc-tools."""
+    from cryosparc.dataset import Dataset
+
+    from test_cs_slots import CRYOSPARC_2D_FIELDS, check_slots
+
+    r = cryoclass("select", star_run, "--drop", "2", "--out", tmp_path / "sel", cwd=base)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for path in (star_run / "particles.cs", star_run / "rejected_duplicates.cs",
+                 tmp_path / "sel" / "selected.cs", tmp_path / "sel" / "rejected.cs"):
+        raw = np.load(path, allow_pickle=False)
+        check_slots(raw, CRYOSPARC_2D_FIELDS, exact_order=True)
+        d = Dataset.load(path)
+        assert len(d) == len(raw) and set(CRYOSPARC_2D_FIELDS) <= set(d.fields())
+        np.testing.assert_array_equal(d["blob/sign"], -1.0)
+    blob = {k: v for k, v in CRYOSPARC_2D_FIELDS.items() if k.startswith(("uid", "blob/"))}
+    check_slots(np.load(star_run / "class_averages.cs"), blob)
+    assert "blob/sign" in Dataset.load(star_run / "class_averages.cs").fields()
+
+
+def test_blob_sign_plus_one_on_negated_stacks_gives_the_same_classes(base, cs_input, cs_run):
+    """The same particles stored with dark protein (negated stacks, blob/sign +1): read
+    the way CryoSPARC applies the sign, they classify exactly as the originals (-1)."""
+    src, neg = base / "D", base / "DN"
+    shutil.copytree(src, neg)
+    for stack in (neg / "stacks").glob("*.mrcs"):
+        with mrcfile.open(stack, "r+") as m:
+            m.data[:] = -m.data
+    arr = read_cs(cs_input)
+    assert set(arr[F.CS_BLOB_SIGN]) == {-1.0}
+    job = base / "J6"
+    job.mkdir()
+    write_cs(job / "particles.cs", with_fields(arr, {F.CS_BLOB_SIGN: np.ones(len(arr),
+                                                                         np.float32)}))
+    r = cryoclass("classify", job / "particles.cs", "--project-dir", neg, "--out",
+                  base / "RN", *CLASSIFY_ARGS, cwd=base, ranks=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, _, _ = h5_particles(cs_run)
+    b, _, _ = h5_particles(base / "RN")
+    np.testing.assert_array_equal(b["class"], a["class"])
+    np.testing.assert_allclose(b["psi_deg"], a["psi_deg"], atol=1e-3)
+    np.testing.assert_array_equal(read_cs(base / "RN" / "particles.cs")[F.CS_BLOB_SIGN], 1.0)

@@ -62,16 +62,32 @@ def setup_logging(rank: int, verbosity: int, logdir: Path | None = None) -> None
         "%H:%M:%S"))
     root.addHandler(console)
     if logdir is not None:
-        logdir.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(logdir / f"rank{rank:04d}.log")
-        fh.setLevel(logging.DEBUG)
-        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(fh)
-        if rank == 0:
-            ev = logging.FileHandler(logdir.parent / "events.log")
-            ev.setLevel(logging.INFO)
-            ev.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-            root.addHandler(ev)
+        try:
+            logdir.mkdir(parents=True, exist_ok=True)
+            fh = _QuietFileHandler(logdir / f"rank{rank:04d}.log")
+            fh.setLevel(logging.DEBUG)
+            fh.setFormatter(logging.Formatter(
+                "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            root.addHandler(fh)
+            if rank == 0:
+                ev = _QuietFileHandler(logdir.parent / "events.log")
+                ev.setLevel(logging.INFO)
+                ev.setFormatter(logging.Formatter("%(asctime)s %(message)s",
+                                                  "%Y-%m-%d %H:%M:%S"))
+                root.addHandler(ev)
+        except OSError as exc:  # the outputs will report it; the console still logs
+            root.debug("no log files in %s: %s", logdir, exc)
+
+
+class _QuietFileHandler(logging.FileHandler):
+    """A log file that falls silent when it cannot be written (a full disk).
+
+    logging's default prints a traceback to stderr for every record it fails to write;
+    the output writers report the problem once instead.
+    """
+
+    def handleError(self, record) -> None:  # noqa: N802 (logging's name)
+        self.setLevel(logging.CRITICAL + 1)
 
 
 # ------------------------------------------------------------------------- arguments
@@ -336,13 +352,14 @@ def cmd_info(args, comm) -> int:
 
 def cmd_simulate(args, comm) -> int:
     """Write a simulated dataset (rank 0 only)."""
+    from cryoclass.io.paths import on_root, prepare_output_dir
     from cryoclass.simulation import params_from_args, simulate_dataset
 
     params = params_from_args(args)
+    prepare_output_dir(args.outdir, comm, option="simulate")
+    star = on_root(comm, lambda: simulate_dataset(Path(args.outdir), params))
     if comm.rank == 0:
-        star = simulate_dataset(Path(args.outdir), params)
         logger.info("simulated dataset written: %s", star)
-    comm.barrier()
     return 0
 
 
@@ -356,6 +373,8 @@ def _load_inputs(args, cfg, comm):
 
     table = load_particles(args.particles, ctf=cfg.ctf.correct, project_dir=args.project_dir,
                            check_images=True, comm=comm)
+    if cfg.output.micrograph_nx_px:  # for .cs location/* when the micrographs are missing
+        table.micrograph_shape_px = (cfg.output.micrograph_ny_px, cfg.output.micrograph_nx_px)
     check_table(table, cfg)
     return table
 
@@ -418,9 +437,13 @@ def cmd_select(args, comm) -> int:
     """Select classes of a finished run (rank 0: reads run.h5, writes the subset)."""
     if comm.rank != 0:
         return 0
+    from cryoclass.io.paths import output_error
     from cryoclass.select import main_select
 
-    return main_select(args)
+    try:
+        return main_select(args)
+    except OSError as exc:  # the selection files are written atomically: none half-written
+        raise output_error(None, exc) from None
 
 
 def cmd_report(args, comm) -> int:
@@ -495,20 +518,24 @@ def run_classify(args, cfg, comm) -> int:
     from cryoclass.backend import get_namespace, select_device
     from cryoclass.em import StopRequested, classify
     from cryoclass.io.checkpoint import load_checkpoint, save_checkpoint
+    from cryoclass.io.paths import on_root, prepare_output_dir
     from cryoclass.outputs import provenance, write_outputs
     from cryoclass.resources import log_memory
+    from cryoclass.screening import screen_particles
 
     outdir = Path(args.out)
     table = _load_inputs(args, cfg, comm)
     if args.validate_only:
+        screened = screen_particles(table, cfg, comm)  # reads every image once
         if comm.rank == 0:
             print(f"{args.particles}: {table.n_total} particles, box {table.box_px} px, "
-                  f"{table.pixel_size_A:.4f} Å/px; config OK")
+                  f"{table.pixel_size_A:.4f} Å/px, {screened.n_constant} constant images; "
+                  "config OK")
         return 0
-    if comm.rank == 0:
-        outdir.mkdir(parents=True, exist_ok=True)
-    comm.barrier()
+    prepare_output_dir(outdir, comm)  # a file in the way, no permission: one line, now
     setup_logging(comm.rank, -1 if args.quiet else args.verbose, outdir / "logs")
+    screened = screen_particles(table, cfg, comm)  # constant images: stop, or leave out
+    table = screened.table
     xp = get_namespace(cfg.compute.backend)
     if xp.__name__ == "cupy":
         select_device(local_rank(comm), parse_devices(cfg.compute.devices))
@@ -526,17 +553,20 @@ def run_classify(args, cfg, comm) -> int:
         else:
             logger.info("no checkpoint in %s: starting from the beginning", outdir)
 
-    diag = None
-    if comm.rank == 0:
+    def make_diagnostics():
         from cryoclass.report import DiagnosticsWriter
 
-        diag = DiagnosticsWriter(outdir, plots=cfg.output.plots)
+        return DiagnosticsWriter(outdir, plots=cfg.output.plots)
+
+    diag = on_root(comm, make_diagnostics)
 
     def on_iteration(st, geom, record, is_last):
-        if comm.rank == 0 and cfg.output.checkpoint and not is_last:
-            save_checkpoint(ckpt, st, cfg, args.particles)
-        if diag is not None:
-            diag(st, geom, record, is_last)
+        def write():  # rank 0; a full disk stops every rank with one line
+            if cfg.output.checkpoint and not is_last:
+                save_checkpoint(ckpt, st, cfg, args.particles)
+            if diag is not None:
+                diag(st, geom, record, is_last)
+        on_root(comm, write)
 
     stop = _StopFlag()
     stop.install()
@@ -550,13 +580,13 @@ def run_classify(args, cfg, comm) -> int:
                 diag.close()
         log_memory("after the iterations")
         prov = provenance(sys.argv, comm.size, xp.__name__, args.particles)
-        write_outputs(outdir, table, result, cfg, prov, comm)
+        write_outputs(outdir, table, result, cfg, prov, comm, screened=screened)
         log_memory("after writing the outputs")
         log_peak_memory(comm)
-        if comm.rank == 0:
-            from cryoclass.report import build_report
+        from cryoclass.report import build_report
 
-            report = build_report(outdir)
+        report = on_root(comm, lambda: build_report(outdir))
+        if comm.rank == 0:
             logger.info("done in %.1f s; outputs in %s (open %s)", time.perf_counter() - t0,
                         outdir, report)
     except StopRequested as exc:
@@ -565,7 +595,10 @@ def run_classify(args, cfg, comm) -> int:
                            "Continue with: cryoclass resume %s", stop.signal, exc.iteration,
                            outdir)
         return 75
-    except CryoclassError as exc:  # found by one rank mid-run: stop every rank
+    except CryoclassError as exc:
+        if getattr(exc, "collective", False):  # raised on every rank: main prints it once
+            raise
+        # found by one rank mid-run: stop every rank
         where = f" (rank {comm.rank})" if comm.size > 1 else ""
         print(f"cryoclass: error{where}: {exc}", file=sys.stderr)
         logger.debug("rank %d failed", comm.rank, exc_info=True)

@@ -133,6 +133,8 @@ class OutputConfig:
     plots: bool = True
     progress: bool = True
     checkpoint: bool = True
+    micrograph_nx_px: int = 0  # micrograph shape for .cs location/* when the files are
+    micrograph_ny_px: int = 0  # missing and the input does not say (0: unknown)
 
 
 @dataclass(frozen=True)
@@ -316,6 +318,11 @@ def validate(cfg: Config) -> None:
          f"compute.precision must be single or double, got {cfg.compute.precision!r}")
     pd = cfg.preprocess.particle_diameter_A
     need(pd is None or pd > 0, "preprocess.particle_diameter_A must be > 0 Å")
+    o = cfg.output
+    need(o.micrograph_nx_px >= 0 and o.micrograph_ny_px >= 0
+         and (o.micrograph_nx_px > 0) == (o.micrograph_ny_px > 0),
+         "output.micrograph_nx_px and output.micrograph_ny_px: give both (pixels) or "
+         "neither")
 
 
 def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:

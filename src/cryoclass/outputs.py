@@ -127,10 +127,21 @@ def find_duplicates_distributed(comm, micrograph: np.ndarray, x_px: np.ndarray,
 
 
 def alignment_columns(result: RunResult, ctf_off: bool) -> dict[str, np.ndarray]:
-    """Return this rank's per-particle alignment for the STAR/CS writers."""
+    """Return this rank's per-particle alignment for the STAR/CS writers.
+
+    Per-particle E-step quantities that the results carry (attributes of
+    :class:`~cryoclass.em.ParticleResults` named as the keys of
+    :data:`cryoclass.io.fields.CS_OPTIONAL_ALIGN`, e.g. ``image_pow``) go to their
+    ``alignments2D/*`` slots; the slots of those it lacks get CryoSPARC's neutral values.
+    """
+    from cryoclass.io.fields import CS_OPTIONAL_ALIGN
+
     p = result.local
     ps = result.geom.pixel_size_A
+    extra = {key: getattr(p, key) for key in CS_OPTIONAL_ALIGN
+             if getattr(p, key, None) is not None}
     return {
+        **extra,
         "class_index": p.class_index.astype(np.int64),
         "psi_deg": relion_psi_deg(p.psi_rad),
         "shift_x_A": p.shift_px[:, 0] * ps,
@@ -144,10 +155,12 @@ def alignment_columns(result: RunResult, ctf_off: bool) -> dict[str, np.ndarray]
     }
 
 
-def particle_columns(p, pixel_size_A: float, duplicate: np.ndarray | None) -> dict:
+def particle_columns(p, pixel_size_A: float, duplicate: np.ndarray | None,
+                     input_row: np.ndarray | None = None) -> dict:
     """Return the ``/particles`` datasets of run.h5 for some particles (module docstring)."""
     n = p.class_index.size
     return {
+        "input_row": (input_row if input_row is not None else np.arange(n)),
         "class": p.class_index + 1, "class_posterior": p.class_posterior,
         "best_class_prob": p.class_posterior, "ess": p.ess,
         "psi_deg": relion_psi_deg(p.psi_rad),
@@ -160,11 +173,13 @@ def particle_columns(p, pixel_size_A: float, duplicate: np.ndarray | None) -> di
 
 
 def write_run_h5(path: Path, result: RunResult, cfg: Config, provenance: dict,
-                 duplicate: np.ndarray | None, comm=None) -> str:
+                 duplicate: np.ndarray | None, comm=None, table=None,
+                 n_left_out: int = 0) -> str:
     """Write run.h5 atomically, collectively over ``comm`` (all ranks call it).
 
     Each rank contributes its own particles (``result.local``) and their duplicate flags
-    (``duplicate``, this rank's, or None); the class data, history,
+    (``duplicate``, this rank's, or None); ``table`` (this rank's slice) gives each
+    particle's row in the input file. The class data, history,
     config and provenance must be identical on every rank (the caller broadcasts them).
     Returns the writer used ("parallel" or "gather").
     """
@@ -173,13 +188,17 @@ def write_run_h5(path: Path, result: RunResult, cfg: Config, provenance: dict,
 
     comm = comm if comm is not None else Comm(None)
     g = result.geom
-    local = particle_columns(result.local, g.pixel_size_A, duplicate)
+    rows = table.global_input_rows() if table is not None else (
+        result.start + np.arange(result.local.class_index.size))
+    local = particle_columns(result.local, g.pixel_size_A, duplicate, rows)
+    n_input = result.n_total + n_left_out
 
     def shared(f):
         f.attrs["config_toml"] = to_toml(cfg)
         f.attrs["version"] = __version__
         for key, val in provenance.items():
             f.attrs[key] = val
+        f.attrs["n_input_particles"] = n_input  # the run's particles, plus any left out
         f.attrs["pixel_size_A"] = g.pixel_size_A
         f.attrs["box_px"] = g.box_px
         f.attrs["work_box_px"] = g.work_box
@@ -188,8 +207,8 @@ def write_run_h5(path: Path, result: RunResult, cfg: Config, provenance: dict,
         gc["images"] = result.state.classes.astype(np.float32)
         gc["count"] = result.counts.astype(np.int64)
         gc["frc_res_A"] = result.frc_res_A
-        gc["median_ess"] = result.median_ess
-        gc["mean_posterior"] = result.mean_posterior
+        gc["median_ess"] = defined(result.median_ess)  # 0 for an empty class
+        gc["mean_posterior"] = defined(result.mean_posterior)
         if result.state.frc is not None:
             gc["frc"] = result.state.frc
         gc["shell_res_A"] = g.shell_res_A
@@ -201,14 +220,25 @@ def write_run_h5(path: Path, result: RunResult, cfg: Config, provenance: dict,
                                        mean_posterior=result.mean_posterior)
         gm = gc.create_group("metrics")
         for name, val in metrics.items():
-            gm[name] = np.asarray(val, dtype=np.float64)
+            gm[name] = defined(np.asarray(val, dtype=np.float64))
         write_history(f.create_group("iterations"), result.state.history)
 
     return write_run_file(Path(path), comm, result.n_total, result.start, local, shared)
 
 
+def defined(values: np.ndarray) -> np.ndarray:
+    """``values`` with NaN (undefined for lack of data) written as 0: no output holds NaN.
+
+    Where: an empty class's median ESS, mean posterior and image metrics; iteration 1's
+    class-change fraction and psi change (no earlier assignment); quartiles of an empty
+    histogram. ``inf`` (no FRC resolution) is kept.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    return np.where(np.isnan(values), 0.0, values)
+
+
 def write_history(group, history: list[dict]) -> None:
-    """Store per-iteration records as stacked datasets."""
+    """Store per-iteration records as stacked datasets (NaN written as 0, :func:`defined`)."""
     if not history:
         return
     for key in history[0]:
@@ -216,35 +246,43 @@ def write_history(group, history: list[dict]) -> None:
         if isinstance(vals[0], str):  # fixed length: parallel HDF5 cannot write VL data
             group[key] = np.array([v.encode() for v in vals], dtype=np.bytes_)
         else:
-            group[key] = np.asarray(vals, dtype=np.float64)
+            group[key] = defined(np.asarray(vals, dtype=np.float64))
 
 
 def write_outputs(outdir: Path, table, result: RunResult, cfg: Config,
-                  provenance: dict, comm=None) -> dict[str, Path]:
+                  provenance: dict, comm=None, screened=None) -> dict[str, Path]:
     """Write every output of a finished run; collective over ``comm`` (all ranks call it).
 
     Each rank passes its own slice of the particle set (``table``) and its own particles'
     results: run.h5 (parallel HDF5 or the gathering fallback) and the particle STAR/CS
     files are written collectively, in chunks, so no rank holds every particle; the
-    class averages and the config are rank 0's. Returns the paths written (on rank 0).
+    class averages and the config are rank 0's. ``screened``
+    (:class:`cryoclass.screening.Screening`): the constant images left out go to
+    ``rejected_constant.star/.cs``. Returns the paths written (on rank 0).
     """
+    from cryoclass.io.paths import prepare_output_dir
     from cryoclass.parallel.comm import Comm
     from cryoclass.progress import Bar
 
     comm = comm if comm is not None else Comm(None)
-    outdir = Path(outdir)
-    if comm.rank == 0:
-        outdir.mkdir(parents=True, exist_ok=True)
-    comm.barrier()
+    outdir = prepare_output_dir(outdir, comm)
     dup = duplicate_mask(table, result, cfg, comm)
     provenance, history = comm.bcast((provenance, result.state.history))
     result.state.history = history  # identical on every rank (timings are rank 0's)
-    write_run_h5(outdir / "run.h5", result, cfg, provenance, dup, comm)
+    n_left_out = screened.n_constant if screened is not None else 0
+    write_run_h5(outdir / "run.h5", result, cfg, provenance, dup, comm, table, n_left_out)
     n_files = 4 if dup is not None else 3  # steps with a bar.update
     with Bar(n_files, "write outputs", cfg.output.progress and comm.rank == 0,
              unit="files") as bar:
         bar.update(1)  # run.h5, written above
         paths = _write_outputs(outdir, table, result, cfg, dup, bar, comm)
+    if screened is not None and screened.n_constant:
+        from cryoclass.io.particles import write_subset_cs, write_subset_star
+
+        for name, writer in (("rejected_constant.star", write_subset_star),
+                             ("rejected_constant.cs", write_subset_cs)):
+            paths[name] = outdir / name
+            writer(paths[name], screened.input_table, screened.constant_rows, None, comm)
     return paths if comm.rank == 0 else {}
 
 
@@ -253,12 +291,13 @@ def _write_outputs(outdir: Path, table, result: RunResult, cfg: Config,
     from cryoclass.io.interop import write_class_averages_cs, write_class_averages_star
     from cryoclass.io.mrc import write_stack
     from cryoclass.io.particles import write_subset_cs, write_subset_star
+    from cryoclass.io.paths import on_root
     from cryoclass.io.star import atomic_output
 
     paths = {name: outdir / name for name in (
         "run.h5", "class_averages.mrcs", "class_averages.star", "class_averages.cs",
         "particles.star", "particles.cs", "config.toml")}
-    if comm.rank == 0:
+    def class_files():
         write_stack(paths["class_averages.mrcs"],
                     class_images_full_box(result.state.classes, result.geom.box_px),
                     result.geom.pixel_size_A)
@@ -270,6 +309,8 @@ def _write_outputs(outdir: Path, table, result: RunResult, cfg: Config,
                                 result.frc_res_A, project_dir=project)
         with atomic_output(paths["config.toml"]) as fh:
             fh.write(to_toml(cfg))
+
+    on_root(comm, class_files)  # a write error on rank 0 stops every rank
     bar.update(1)
     align = alignment_columns(result, ctf_off=not cfg.ctf.correct)
     keep = None if dup is None else np.flatnonzero(~dup)

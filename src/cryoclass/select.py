@@ -511,10 +511,13 @@ def load_run(run_dir: str | os.PathLike, rule: AutoRule = AutoRule()) -> RunData
                          minlength=classes["count"].size)[: classes["count"].size]
     if metrics is None:
         metrics = _metrics_from_images(classes, attrs)
+    empty = counts == 0  # run.h5 writes 0 for their undefined statistics (no NaN in files)
     cls = {
         "count": counts.astype(np.int64),
-        "median_ess": np.asarray(classes["median_ess"], dtype=np.float64),
-        "mean_posterior": np.asarray(classes["mean_posterior"], dtype=np.float64),
+        "median_ess": np.where(empty, np.nan, np.asarray(classes["median_ess"],
+                                                         dtype=np.float64)),
+        "mean_posterior": np.where(empty, np.nan, np.asarray(classes["mean_posterior"],
+                                                             dtype=np.float64)),
         "outside_power_frac": np.asarray(metrics["outside_power_frac"], dtype=np.float64),
         "contrast": np.asarray(metrics["contrast"], dtype=np.float64),
         "center_offset_A": np.asarray(metrics.get("center_offset_A",
@@ -765,22 +768,38 @@ def write_selection(outdir: str | os.PathLike, run: RunData, sel: Selection,
     table = load_particles(src, ctf=run.ctf_correct, project_dir=project_dir,
                            check_images=False)
     n = run.particles["class"].size
-    if len(table) != n:
-        raise InputError(f"{src} has {len(table)} particles but {run.run_dir}/run.h5 has {n}: "
-                         "the file changed since the run; give the run's input with "
-                         "--particles")
+    # run.h5 rows -> input rows (they differ when constant images were left out)
+    input_row = np.asarray(run.particles.get("input_row", np.arange(n)), dtype=np.int64)
+    n_input = int(run.attrs.get("n_input_particles", n))
+    if len(table) != n_input or (n and input_row.max() >= len(table)):
+        raise InputError(f"{src} has {len(table)} particles but {run.run_dir}/run.h5 was "
+                         f"made from {n_input}: the file changed since the run; give the "
+                         "run's input with --particles")
     if not table.box_px:
         table.box_px = int(run.attrs.get("box_px", 0))
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    align = run.align()
+    out_cfg = (tomllib.loads(str(run.attrs["config_toml"])).get("output", {})
+               if "config_toml" in run.attrs else {})
+    if out_cfg.get("micrograph_nx_px"):  # the run's micrograph shape for location/*
+        table.micrograph_shape_px = (int(out_cfg["micrograph_ny_px"]),
+                                     int(out_cfg["micrograph_nx_px"]))
+    from cryoclass.io.paths import prepare_output_dir
+
+    outdir = prepare_output_dir(outdir, option="--out")
+    align = {}  # over every input row; rows left out of the run are never written
+    for key, val in run.align().items():
+        if isinstance(val, np.ndarray):
+            full = np.zeros(len(table), dtype=val.dtype)
+            full[input_row] = val
+            val = full
+        align[key] = val
     paths = {name: outdir / name for name in ("selected.star", "selected.cs",
                                               "selected_class_averages.mrcs",
                                               "rejected.star", "rejected.cs", "summary.txt")}
-    write_subset_star(paths["selected.star"], table, sel.selected_rows, align)
-    write_subset_cs(paths["selected.cs"], table, sel.selected_rows, align)
-    write_subset_star(paths["rejected.star"], table, sel.rejected_rows, align)
-    write_subset_cs(paths["rejected.cs"], table, sel.rejected_rows, align)
+    selected, rejected = input_row[sel.selected_rows], input_row[sel.rejected_rows]
+    write_subset_star(paths["selected.star"], table, selected, align)
+    write_subset_cs(paths["selected.cs"], table, selected, align)
+    write_subset_star(paths["rejected.star"], table, rejected, align)
+    write_subset_cs(paths["rejected.cs"], table, rejected, align)
     averages = run.run_dir / "class_averages.mrcs"
     if averages.is_file():
         stack, pixel_A = read_stack(averages)

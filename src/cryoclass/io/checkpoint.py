@@ -23,7 +23,7 @@ import numpy as np
 
 from cryoclass import __version__
 from cryoclass.errors import InputError
-from cryoclass.io.star import atomic_path
+from cryoclass.io.paths import h5_output
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def save_checkpoint(path: Path, state, cfg, input_path: str) -> None:
     """Write the state after ``state.iteration`` iterations (atomic replace)."""
     from cryoclass.config import to_toml
 
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with h5_output(path) as f:
         f.attrs["iteration"] = state.iteration
         f.attrs["config_hash"] = result_hash(cfg)
         f.attrs["config_toml"] = to_toml(cfg)

@@ -105,7 +105,8 @@ CS_BLOB_PATH = "blob/path"  # S, relative to the CryoSPARC project directory
 CS_BLOB_IDX = "blob/idx"  # u4, 0-based
 CS_BLOB_SHAPE = "blob/shape"  # (2,) u4, [ny, nx]
 CS_BLOB_PSIZE_A = "blob/psize_A"  # f4
-CS_BLOB_SIGN = "blob/sign"  # f4
+CS_BLOB_SIGN = "blob/sign"  # f4, -1: protein light on dark (RELION's, cryoclass's); +1: dark
+CS_BLOB_IMPORT_SIG = "blob/import_sig"  # u8, CryoSPARC's import signature (0: none)
 CS_BLOB_RES_A = "blob/res_A"  # f4, class averages: resolution of each class (A)
 
 CS_CTF_TYPE = "ctf/type"
@@ -118,7 +119,13 @@ CS_CTF_DF2_A = "ctf/df2_A"  # f4
 CS_CTF_DF_ANGLE_RAD = "ctf/df_angle_rad"  # f4
 CS_CTF_PHASE_SHIFT_RAD = "ctf/phase_shift_rad"  # f4
 CS_CTF_BFACTOR = "ctf/bfactor"  # f4, A^2
-CS_CTF_SCALE = "ctf/scale"
+CS_CTF_SCALE = "ctf/scale"  # f4
+CS_CTF_SCALE_CONST = "ctf/scale_const"  # f4
+CS_CTF_SHIFT_A = "ctf/shift_A"  # (2,) f4, beam tilt / aberrations below: 0 = none
+CS_CTF_TILT_A = "ctf/tilt_A"  # (2,) f4
+CS_CTF_TREFOIL_A = "ctf/trefoil_A"  # (2,) f4
+CS_CTF_TETRA_A = "ctf/tetra_A"  # (4,) f4
+CS_CTF_ANISOMAG = "ctf/anisomag"  # (4,) f4
 
 CS_LOCATION_MICROGRAPH_UID = "location/micrograph_uid"
 CS_LOCATION_MICROGRAPH_PATH = "location/micrograph_path"  # S
@@ -134,33 +141,59 @@ CS_A2D_CLASS_POSTERIOR = "alignments2D/class_posterior"  # f4
 CS_A2D_CLASS_ESS = "alignments2D/class_ess"  # f4
 CS_A2D_ERROR = "alignments2D/error"  # f4, lower is better
 CS_A2D_SPLIT = "alignments2D/split"  # u4, half set
+CS_A2D_ERROR_MIN = "alignments2D/error_min"  # f4
+CS_A2D_RESID_POW = "alignments2D/resid_pow"  # f4
+CS_A2D_SLICE_POW = "alignments2D/slice_pow"  # f4
+CS_A2D_IMAGE_POW = "alignments2D/image_pow"  # f4
+CS_A2D_CROSS_COR = "alignments2D/cross_cor"  # f4
+CS_A2D_ALPHA = "alignments2D/alpha"  # f4, per-particle scale
+CS_A2D_ALPHA_MIN = "alignments2D/alpha_min"  # f4
+CS_A2D_WEIGHT = "alignments2D/weight"  # f4
+CS_A2D_POSE_ESS = "alignments2D/pose_ess"  # f4
+CS_A2D_SHIFT_ESS = "alignments2D/shift_ess"  # f4
 
-#: numpy dtypes (dtype string, shape) of the .cs fields cryoclass writes.
-CS_DTYPES: dict[str, tuple[str, tuple[int, ...]]] = {
+#: CryoSPARC's particle slots in the order of a real 2D classification export (42 fields):
+#: name -> (dtype, shape). ``S`` fields take the width of their longest value.
+CS_PARTICLE_SLOTS: dict[str, tuple[str, tuple[int, ...]]] = {
     CS_UID: ("<u8", ()),
-    CS_BLOB_IDX: ("<u4", ()),
-    CS_BLOB_SHAPE: ("<u4", (2,)),
-    CS_BLOB_PSIZE_A: ("<f4", ()),
-    CS_BLOB_RES_A: ("<f4", ()),
-    CS_CTF_ACCEL_KV: ("<f4", ()),
-    CS_CTF_CS_MM: ("<f4", ()),
-    CS_CTF_AMP_CONTRAST: ("<f4", ()),
-    CS_CTF_DF1_A: ("<f4", ()),
-    CS_CTF_DF2_A: ("<f4", ()),
-    CS_CTF_DF_ANGLE_RAD: ("<f4", ()),
-    CS_CTF_PHASE_SHIFT_RAD: ("<f4", ()),
-    CS_CTF_BFACTOR: ("<f4", ()),
-    CS_LOCATION_MICROGRAPH_SHAPE: ("<u4", (2,)),
-    CS_LOCATION_CENTER_X_FRAC: ("<f4", ()),
-    CS_LOCATION_CENTER_Y_FRAC: ("<f4", ()),
-    CS_A2D_CLASS: ("<u4", ()),
-    CS_A2D_POSE: ("<f4", ()),
-    CS_A2D_SHIFT: ("<f4", (2,)),
-    CS_A2D_PSIZE_A: ("<f4", ()),
-    CS_A2D_CLASS_POSTERIOR: ("<f4", ()),
-    CS_A2D_CLASS_ESS: ("<f4", ()),
-    CS_A2D_ERROR: ("<f4", ()),
-    CS_A2D_SPLIT: ("<u4", ()),
+    CS_BLOB_PATH: ("S", ()), CS_BLOB_IDX: ("<u4", ()), CS_BLOB_SHAPE: ("<u4", (2,)),
+    CS_BLOB_PSIZE_A: ("<f4", ()), CS_BLOB_SIGN: ("<f4", ()), CS_BLOB_IMPORT_SIG: ("<u8", ()),
+    CS_CTF_TYPE: ("S", ()), CS_CTF_EXP_GROUP_ID: ("<u4", ()), CS_CTF_ACCEL_KV: ("<f4", ()),
+    CS_CTF_CS_MM: ("<f4", ()), CS_CTF_AMP_CONTRAST: ("<f4", ()), CS_CTF_DF1_A: ("<f4", ()),
+    CS_CTF_DF2_A: ("<f4", ()), CS_CTF_DF_ANGLE_RAD: ("<f4", ()),
+    CS_CTF_PHASE_SHIFT_RAD: ("<f4", ()), CS_CTF_SCALE: ("<f4", ()),
+    CS_CTF_SCALE_CONST: ("<f4", ()), CS_CTF_SHIFT_A: ("<f4", (2,)),
+    CS_CTF_TILT_A: ("<f4", (2,)), CS_CTF_TREFOIL_A: ("<f4", (2,)),
+    CS_CTF_TETRA_A: ("<f4", (4,)), CS_CTF_ANISOMAG: ("<f4", (4,)), CS_CTF_BFACTOR: ("<f4", ()),
+    CS_A2D_SPLIT: ("<u4", ()), CS_A2D_SHIFT: ("<f4", (2,)), CS_A2D_POSE: ("<f4", ()),
+    CS_A2D_PSIZE_A: ("<f4", ()), CS_A2D_ERROR: ("<f4", ()), CS_A2D_ERROR_MIN: ("<f4", ()),
+    CS_A2D_RESID_POW: ("<f4", ()), CS_A2D_SLICE_POW: ("<f4", ()),
+    CS_A2D_IMAGE_POW: ("<f4", ()), CS_A2D_CROSS_COR: ("<f4", ()), CS_A2D_ALPHA: ("<f4", ()),
+    CS_A2D_ALPHA_MIN: ("<f4", ()), CS_A2D_WEIGHT: ("<f4", ()), CS_A2D_POSE_ESS: ("<f4", ()),
+    CS_A2D_SHIFT_ESS: ("<f4", ()), CS_A2D_CLASS_POSTERIOR: ("<f4", ()),
+    CS_A2D_CLASS: ("<u4", ()), CS_A2D_CLASS_ESS: ("<f4", ()),
+}
+
+#: CryoSPARC's neutral value of each slot cryoclass does not compute (docs/formats.md §2.4).
+#: ``blob/sign`` -1: cryoclass's images are light protein on dark, as RELION's.
+CS_NEUTRAL: dict[str, object] = {
+    CS_BLOB_SIGN: -1.0, CS_BLOB_IMPORT_SIG: 0, CS_CTF_TYPE: b"imported",
+    CS_CTF_EXP_GROUP_ID: 0, CS_CTF_SCALE: 1.0, CS_CTF_SCALE_CONST: 1.0,
+    CS_CTF_SHIFT_A: 0.0, CS_CTF_TILT_A: 0.0, CS_CTF_TREFOIL_A: 0.0, CS_CTF_TETRA_A: 0.0,
+    CS_CTF_ANISOMAG: 0.0, CS_CTF_BFACTOR: 0.0,
+    CS_A2D_RESID_POW: 0.0, CS_A2D_SLICE_POW: 0.0, CS_A2D_IMAGE_POW: 0.0,
+    CS_A2D_CROSS_COR: 0.0, CS_A2D_ALPHA: 1.0, CS_A2D_ALPHA_MIN: 1.0, CS_A2D_WEIGHT: 1.0,
+    CS_A2D_POSE_ESS: 1.0, CS_A2D_SHIFT_ESS: 1.0,
+}
+
+#: Optional per-particle E-step quantities of the ``align`` dict (same names as
+#: attributes of :class:`cryoclass.em.ParticleResults`, when it has them) -> .cs slot.
+#: Absent (or None): the slot gets its neutral value, or ``error_min`` = ``error``.
+CS_OPTIONAL_ALIGN: dict[str, str] = {
+    "image_pow": CS_A2D_IMAGE_POW, "cross_cor": CS_A2D_CROSS_COR,
+    "resid_pow": CS_A2D_RESID_POW, "slice_pow": CS_A2D_SLICE_POW,
+    "alpha": CS_A2D_ALPHA, "alpha_min": CS_A2D_ALPHA_MIN, "pose_ess": CS_A2D_POSE_ESS,
+    "shift_ess": CS_A2D_SHIFT_ESS, "error_min": CS_A2D_ERROR_MIN, "weight": CS_A2D_WEIGHT,
 }
 
 # --- Canonical columns of ParticleTable.meta (units in the names) --------------------------
@@ -181,6 +214,9 @@ LOCATION_X_PX = "location_x_px"  # picked position in the micrograph, NaN when a
 LOCATION_Y_PX = "location_y_px"
 INPUT_ORIGIN_X_A = "input_origin_x_A"  # RELION origin sign: centre = box centre - origin
 INPUT_ORIGIN_Y_A = "input_origin_y_A"
+IMAGE_CONTRAST = "image_contrast"  # +1/-1 multiplier to light-on-dark protein (-blob/sign)
+MICROGRAPH_NY_PX = "micrograph_ny_px"  # micrograph shape from the input, 0 when unknown
+MICROGRAPH_NX_PX = "micrograph_nx_px"
 
 #: Column order of ParticleTable.meta.
 CANONICAL_COLUMNS = (
@@ -200,6 +236,9 @@ CANONICAL_COLUMNS = (
     LOCATION_Y_PX,
     INPUT_ORIGIN_X_A,
     INPUT_ORIGIN_Y_A,
+    IMAGE_CONTRAST,
+    MICROGRAPH_NY_PX,
+    MICROGRAPH_NX_PX,
 )
 
 #: Canonical column <- STAR label (numbers: multiply the STAR value by the factor).

@@ -76,9 +76,11 @@ def write_class_averages_cs(path: str | os.PathLike, stack_path: str | os.PathLi
                             project_dir: str | os.PathLike | None = None) -> None:
     """Write a CryoSPARC class-averages ``.cs`` (one row per class, 0-based ``blob/idx``).
 
-    Fields: ``uid`` (u8, deterministic per stack path), ``blob/path`` (bytes; relative to
-    ``project_dir`` when the stack lies inside it, else absolute), ``blob/idx`` (u4),
-    ``blob/shape`` ((2,) u4), ``blob/psize_A`` (f4) and ``blob/res_A`` (f4, Å).
+    Fields: CryoSPARC's complete blob slot, ``uid`` (u8, deterministic per stack path),
+    ``blob/path`` (bytes; relative to ``project_dir`` when the stack lies inside it, else
+    absolute), ``blob/idx`` (u4), ``blob/shape`` ((2,) u4), ``blob/psize_A`` (f4),
+    ``blob/sign`` (f4, -1: light protein on dark, as the particles), ``blob/import_sig``
+    (u8, 0), then ``blob/res_A`` (f4, Å).
     """
     res_A = np.asarray(res_A, dtype=np.float64)
     k = res_A.size
@@ -86,7 +88,9 @@ def write_class_averages_cs(path: str | os.PathLike, stack_path: str | os.PathLi
     seed = zlib.crc32(os.path.abspath(stack_path).encode())
     arr = np.zeros(k, dtype=[(F.CS_UID, "<u8"), (F.CS_BLOB_PATH, f"S{len(name)}"),
                              (F.CS_BLOB_IDX, "<u4"), (F.CS_BLOB_SHAPE, "<u4", (2,)),
-                             (F.CS_BLOB_PSIZE_A, "<f4"), (F.CS_BLOB_RES_A, "<f4")])
+                             (F.CS_BLOB_PSIZE_A, "<f4"), (F.CS_BLOB_SIGN, "<f4"),
+                             (F.CS_BLOB_IMPORT_SIG, "<u8"), (F.CS_BLOB_RES_A, "<f4")])
+    arr[F.CS_BLOB_SIGN] = F.CS_NEUTRAL[F.CS_BLOB_SIGN]
     arr[F.CS_UID] = np.random.default_rng(seed).integers(0, 2**64 - 1, size=k,
                                                          dtype=np.uint64, endpoint=True)
     arr[F.CS_BLOB_PATH] = name

@@ -165,11 +165,14 @@ class ImageSource:
         Most stacks kept open (memory-mapped) at a time; least recently used are closed.
     row_offset : int
         Added to row numbers in messages (the first row of a rank's slice in the set).
+    contrast : array-like of float, shape (n_particles,), optional
+        Multiplier of each particle's image as read (``-1`` turns dark protein on a light
+        background into cryoclass's light-on-dark; from CryoSPARC's ``blob/sign``).
     """
 
     def __init__(self, paths: Sequence[str] | np.ndarray | pd.Series,
                  indices: Sequence[int] | np.ndarray | pd.Series, *, max_open: int = 64,
-                 row_offset: int = 0):
+                 row_offset: int = 0, contrast=None):
         path_arr = np.asarray(paths, dtype=object)
         idx_arr = np.asarray(indices)
         if path_arr.ndim != 1 or idx_arr.shape != path_arr.shape:
@@ -186,6 +189,12 @@ class ImageSource:
         self._info: dict[int, StackInfo] = {}
         self._box_px: int | None = None
         self._row0 = int(row_offset)
+        self._contrast = None
+        if contrast is not None:
+            c = np.asarray(contrast, dtype=np.float32).reshape(-1)
+            if c.shape != path_arr.shape:
+                raise ValueError("contrast must have one value per particle")
+            self._contrast = None if (c == 1).all() else c
 
     def __len__(self) -> int:
         return len(self._indices)
@@ -344,6 +353,8 @@ class ImageSource:
                         f"{self._row0 + int(rows[group[k]]) + 1}) contains NaN or infinite pixels; "
                         "re-extract it or remove that particle"
                     )
+        if self._contrast is not None:
+            out *= self._contrast[rows][:, None, None]
         return out
 
     def close(self) -> None:

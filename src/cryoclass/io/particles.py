@@ -47,6 +47,7 @@ __all__ = [
     "write_particles_cs",
     "write_subset_star",
     "write_subset_cs",
+    "subset_table",
 ]
 
 _DEG2RAD = np.pi / 180.0
@@ -87,6 +88,13 @@ class ParticleTable:
         Pixel size of the set (of its first particle).
     pixel_size_range_A : tuple of float
         Smallest and largest pixel size over the whole set.
+    input_rows : numpy.ndarray of int64 or None
+        Row in the input file of each of this table's rows, for a subset of the input
+        (:func:`subset_table`); None when the table is the input itself (row
+        ``row_offset + i``).
+    micrograph_shape_px : (ny, nx) or None
+        Shape of the micrographs for the .cs ``location/*`` fields when the input does
+        not give it and the micrograph files are not found (user-given).
     """
 
     meta: pd.DataFrame
@@ -103,6 +111,8 @@ class ParticleTable:
     n_total: int = -1
     pixel_size_A: float = 0.0
     pixel_size_range_A: tuple[float, float] = (0.0, 0.0)
+    input_rows: np.ndarray | None = None
+    micrograph_shape_px: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.n_total < 0:
@@ -115,11 +125,19 @@ class ParticleTable:
     def __len__(self) -> int:
         return len(self.meta)
 
+    def global_input_rows(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Rows in the input file of this table's ``rows`` (all when None), int64."""
+        local = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
+        if self.input_rows is None:
+            return local + self.row_offset
+        return np.asarray(self.input_rows, dtype=np.int64)[local]
+
     def image_source(self, max_open: int = 64) -> ImageSource:
         """Return an :class:`~cryoclass.io.mrc.ImageSource` over this table's rows."""
         return ImageSource(self.meta[F.IMAGE_PATH].to_numpy(dtype=object),
                            self.meta[F.IMAGE_INDEX].to_numpy(), max_open=max_open,
-                           row_offset=self.row_offset)
+                           row_offset=self.row_offset,
+                           contrast=self.meta[F.IMAGE_CONTRAST].to_numpy())
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -210,7 +228,7 @@ def _make_meta(columns: dict[str, np.ndarray]) -> pd.DataFrame:
     return meta
 
 
-def _collectively(comm: Comm, fn):
+def collectively(comm: Comm, fn):
     """Run ``fn`` on every rank; if it raises an InputError on any, raise it on all.
 
     The message raised is that of the lowest failing rank (the earliest particle row,
@@ -371,6 +389,10 @@ def _star_meta(cols: dict[str, pd.Series], n: int, path: str, ctf: bool, base: s
         else:
             out[canon] = np.zeros(n)
 
+    out[F.IMAGE_CONTRAST] = np.ones(n)  # RELION particles: light protein on dark
+    out[F.MICROGRAPH_NY_PX] = np.zeros(n)  # not in a STAR file (micrograph headers)
+    out[F.MICROGRAPH_NX_PX] = np.zeros(n)
+
     box = 0
     if F.RLN_IMAGE_SIZE in cols:
         sizes = pd.to_numeric(cols[F.RLN_IMAGE_SIZE], errors="coerce")
@@ -450,9 +472,24 @@ def _cs_meta(arr: np.ndarray, path: str, ctf: bool, base: str,
         shape = arr[F.CS_LOCATION_MICROGRAPH_SHAPE].astype(np.float64)  # (n, 2) [ny, nx]
         out[F.LOCATION_X_PX] = arr[F.CS_LOCATION_CENTER_X_FRAC] * shape[:, 1]
         out[F.LOCATION_Y_PX] = arr[F.CS_LOCATION_CENTER_Y_FRAC] * shape[:, 0]
+        out[F.MICROGRAPH_NY_PX], out[F.MICROGRAPH_NX_PX] = shape[:, 0], shape[:, 1]
     else:
         out[F.LOCATION_X_PX] = np.full(n, np.nan)
         out[F.LOCATION_Y_PX] = np.full(n, np.nan)
+        out[F.MICROGRAPH_NY_PX] = np.zeros(n)
+        out[F.MICROGRAPH_NX_PX] = np.zeros(n)
+
+    # CryoSPARC's blob/sign: -1 for light protein on dark (its own extraction, RELION's
+    # particles imported), +1 for dark protein; cryoclass works light on dark
+    out[F.IMAGE_CONTRAST] = np.ones(n)
+    if F.CS_BLOB_SIGN in names:
+        sign = np.asarray(arr[F.CS_BLOB_SIGN], dtype=np.float64)
+        bad = ~np.isin(sign, (-1.0, 1.0))
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise InputError(f"{path}: particle row {row0 + row + 1}: blob/sign is "
+                             f"{sign[row]}, not -1 or +1")
+        out[F.IMAGE_CONTRAST] = -sign
 
     if F.CS_A2D_SHIFT in names:
         # assumed: alignments2D/shift (px) has the sign of RELION's origin (docs/formats.md)
@@ -613,11 +650,11 @@ def load_particles(path: str | os.PathLike, *, ctf: bool = True, project_dir: st
     """
     path = os.fspath(path)
     comm = comm if comm is not None else Comm(None)
-    plan = _collectively(comm, lambda: _plan(path, project_dir) if comm.rank == 0 else None)
+    plan = collectively(comm, lambda: _plan(path, project_dir) if comm.rank == 0 else None)
     plan = comm.bcast(plan)
     start, stop = block_range(plan.n, comm.size, comm.rank)
     n = stop - start
-    meta, raw, has_locations, box = _collectively(
+    meta, raw, has_locations, box = collectively(
         comm, lambda: _read_slice(plan, path, start, stop, ctf))
     base = plan.base
     if plan.fmt == "star":
@@ -646,7 +683,7 @@ def load_particles(path: str | os.PathLike, *, ctf: bool = True, project_dir: st
                                          "that)") from None
                     raise
                 return source.box_px if n else 0
-        boxes = [b for b in comm.allgather(_collectively(comm, check)) if b]
+        boxes = [b for b in comm.allgather(collectively(comm, check)) if b]
         if len(set(boxes)) > 1:
             sizes = ", ".join(map(str, sorted(set(boxes))))
             raise InputError(f"{path}: mixed box sizes ({sizes} px) in the image stacks; "
@@ -671,6 +708,73 @@ def load_particles(path: str | os.PathLike, *, ctf: bool = True, project_dir: st
                     "on" if table.has_ctf else "off", "yes" if table.has_locations else "no",
                     f", read as {comm.size} slices" if comm.size > 1 else "")
     return table
+
+
+def subset_table(table: ParticleTable, keep: np.ndarray, comm: Comm | None = None
+                 ) -> ParticleTable:
+    """Return the particle set without some rows, re-sliced over the ranks; collective.
+
+    Parameters
+    ----------
+    table
+        This rank's slice of the set (as :func:`load_particles` returns it).
+    keep : int array
+        This rank's rows (local, ascending) that stay in the set.
+    comm : Comm, optional
+
+    Returns
+    -------
+    ParticleTable
+        The kept rows of every rank, in input order, sliced by
+        :func:`~cryoclass.parallel.partition.block_range` over the new count, as if the
+        input had held only them (``input_rows`` gives each row's row in the input).
+        Each rank's new slice comes from its own rows and its neighbours' (moved with one
+        ``alltoall``); the result is the same for every rank count.
+    """
+    comm = comm if comm is not None else Comm(None)
+    keep = np.asarray(keep, dtype=np.int64)
+    counts = np.asarray(comm.allgather(int(keep.size)), dtype=np.int64)
+    n_new = int(counts.sum())
+    first_new = int(counts[: comm.rank].sum())
+    starts = np.array([block_range(n_new, comm.size, r)[0] for r in range(comm.size)])
+    dest = np.searchsorted(starts, first_new + np.arange(keep.size), side="right") - 1
+    raw = table.cs_array if table.cs_array is not None else (
+        table.star_blocks[table.particles_block] if table.star_blocks is not None else None)
+
+    def piece(sel: np.ndarray):
+        rows = keep[sel]
+        part = None
+        if raw is not None:
+            part = (np.asarray(raw[rows]) if isinstance(raw, np.ndarray)
+                    else raw.iloc[rows].reset_index(drop=True))
+        return table.meta.iloc[rows].reset_index(drop=True), part, \
+            table.global_input_rows(rows)
+
+    outgoing = [None if r == comm.rank else piece(np.flatnonzero(dest == r))
+                for r in range(comm.size)]
+    incoming = comm.alltoall(outgoing)
+    incoming[comm.rank] = piece(np.flatnonzero(dest == comm.rank))
+    metas, raws, inputs = zip(*incoming, strict=True)
+    meta = pd.concat(metas, ignore_index=True)
+    new_raw = None
+    if isinstance(raw, np.ndarray):
+        new_raw = np.concatenate(raws)
+    elif raw is not None:  # the slices' column types already agree (load_particles)
+        new_raw = pd.concat(list(raws), ignore_index=True)
+    blocks = None
+    if table.star_blocks is not None:
+        blocks = {name: (new_raw if name == table.particles_block else block)
+                  for name, block in table.star_blocks.items()}
+    start, _ = block_range(n_new, comm.size, comm.rank)
+    return ParticleTable(
+        meta=meta, source_format=table.source_format, source_path=table.source_path,
+        star_blocks=blocks, particles_block=table.particles_block,
+        cs_array=new_raw if isinstance(raw, np.ndarray) else None, box_px=table.box_px,
+        has_ctf=table.has_ctf, has_locations=table.has_locations, base_dir=table.base_dir,
+        row_offset=start, n_total=n_new, pixel_size_A=table.pixel_size_A,
+        pixel_size_range_A=table.pixel_size_range_A,
+        input_rows=np.concatenate(inputs).astype(np.int64),
+        micrograph_shape_px=table.micrograph_shape_px)
 
 
 # --- writers ------------------------------------------------------------------------------
@@ -705,6 +809,13 @@ def _align(table: ParticleTable, align: Mapping[str, object] | None,
             raise ValueError(f"align[{key!r}] has shape {values.shape}; expected "
                              f"({len(table)},), one value per particle")
         out[key] = values[rows]
+    for key in F.CS_OPTIONAL_ALIGN:  # per-particle E-step quantities, when given
+        if align.get(key) is not None:
+            values = np.asarray(align[key])
+            if values.shape != (len(table),):
+                raise ValueError(f"align[{key!r}] has shape {values.shape}; expected "
+                                 f"({len(table)},)")
+            out[key] = values[rows]
     ctf_off = bool(align.get("ctf_off", not table.has_ctf))
     return out, ctf_off
 
@@ -843,58 +954,113 @@ def _uids(table: ParticleTable, rows: np.ndarray) -> np.ndarray:
     """
     seed = zlib.crc32(os.path.abspath(table.source_path).encode())
     return splitmix64(np.uint64(seed) * np.uint64(0x100000000)
-                      + np.asarray(rows, dtype=np.uint64) + np.uint64(table.row_offset))
+                      + table.global_input_rows(rows).astype(np.uint64))
+
+
+#: Particle files whose missing micrographs were reported (once per run, not per file).
+_REPORTED_MISSING: set[str] = set()
 
 
 def _micrograph_shapes(table: ParticleTable, comm: Comm) -> dict[str, tuple] | None:
-    """[ny, nx] of every micrograph of this rank's particles, from MRC headers.
+    """[ny, nx] of every micrograph of this rank's particles; collective, cached per table.
 
-    Collective: None on every rank when any rank misses a micrograph (the .cs output then
-    has no location/* fields).
+    From the input where it carries the shape (a .cs's ``location/micrograph_shape``),
+    else the micrograph's MRC header, else the shape the user gave
+    (``table.micrograph_shape_px``). None on every rank when any rank still misses one:
+    the .cs outputs then have no location/* fields, which is logged once per run.
     """
+    if "_mic_shapes" in table.__dict__:
+        return table.__dict__["_mic_shapes"]
+    meta = table.meta
     shapes: dict[str, tuple] = {}
+    known = meta[meta[F.MICROGRAPH_NY_PX] > 0].drop_duplicates(F.MICROGRAPH)
+    for name, ny, nx in zip(known[F.MICROGRAPH], known[F.MICROGRAPH_NY_PX],
+                            known[F.MICROGRAPH_NX_PX], strict=True):
+        shapes[name] = (int(ny), int(nx))
     problem = None
-    for name in pd.unique(table.meta[F.MICROGRAPH].to_numpy(dtype=object)):
+    for name in pd.unique(meta[F.MICROGRAPH].to_numpy(dtype=object)):
+        if name in shapes:
+            continue
         mic = name if os.path.isabs(name) else os.path.join(table.base_dir, name)
-        if not os.path.isfile(mic):
+        if os.path.isfile(mic):
+            try:
+                info = read_header(mic)
+                shapes[name] = (info.ny, info.nx)
+                continue
+            except InputError as exc:
+                problem = str(exc)
+        else:
             problem = f"micrograph {mic} not found"
-            break
-        try:
-            info = read_header(mic)
-        except InputError as exc:
-            problem = str(exc)
-            break
-        shapes[name] = (info.ny, info.nx)
+        if table.micrograph_shape_px is not None:
+            shapes[name], problem = tuple(table.micrograph_shape_px), None
+            continue
+        break
     problems = [p for p in comm.allgather(problem) if p is not None]
-    if problems:
-        if comm.rank == 0:
-            logger.warning("%s: the .cs output has no location/* fields", problems[0])
-        return None
-    return shapes
+    result = None if problems else shapes
+    key = os.path.abspath(table.source_path)
+    if problems and comm.rank == 0 and key not in _REPORTED_MISSING:
+        _REPORTED_MISSING.add(key)
+        logger.warning("%s: the .cs outputs have no location/* fields (to write them, "
+                       "give the micrograph shape: --set output.micrograph_nx_px=NX --set "
+                       "output.micrograph_ny_px=NY)", problems[0])
+    table.__dict__["_mic_shapes"] = result
+    return result
+
+
+def _slot(name: str, n: int, value) -> np.ndarray:
+    """``n`` copies of ``value`` in CryoSPARC's dtype and shape for slot ``name``."""
+    dt, shape = F.CS_PARTICLE_SLOTS[name]
+    if dt == "S":
+        value = value if isinstance(value, bytes) else str(value).encode("utf-8")
+        return np.full(n, value, dtype=f"S{max(len(value), 1)}")
+    values = np.asarray(value, dtype=dt)
+    if values.ndim == 0 or values.shape == shape:
+        return np.broadcast_to(values, (n, *shape)).copy()
+    return values.reshape(n, *shape)
+
+
+def _exp_group_ids(table: ParticleTable, rows: np.ndarray) -> np.ndarray:
+    """CryoSPARC exposure group of some rows: the RELION optics group, 0-based (else 0)."""
+    raw = None if table.star_blocks is None else table.star_blocks[table.particles_block]
+    if raw is not None and F.RLN_OPTICS_GROUP in raw:
+        gid = pd.to_numeric(raw[F.RLN_OPTICS_GROUP].iloc[rows], errors="coerce")
+        return np.clip(gid.fillna(1).to_numpy(dtype=np.int64) - 1, 0, None).astype(np.uint32)
+    return np.zeros(len(rows), dtype=np.uint32)
 
 
 def _cs_from_meta(table: ParticleTable, rows: np.ndarray,
                   mic_shapes: dict[str, tuple] | None) -> np.ndarray:
-    """CryoSPARC particle fields for a table that did not come from .cs."""
+    """CryoSPARC's blob and ctf slots (and location/*) for a table that did not come from .cs.
+
+    Values cryoclass has no source for take CryoSPARC's neutral values
+    (:data:`cryoclass.io.fields.CS_NEUTRAL`).
+    """
     m = table.meta.iloc[rows]
     n = len(rows)
     paths = m[F.IMAGE_PATH].to_numpy(dtype=object)
+    f32 = np.float32
     fields: dict[str, np.ndarray] = {
         F.CS_UID: _uids(table, rows),
         F.CS_BLOB_PATH: np.array([p.encode("utf-8") for p in paths], dtype=bytes),
         F.CS_BLOB_IDX: m[F.IMAGE_INDEX].to_numpy().astype(np.uint32),
-        F.CS_BLOB_SHAPE: np.tile(np.array([table.box_px, table.box_px], dtype=np.uint32),
-                                 (n, 1)),
-        F.CS_BLOB_PSIZE_A: m[F.PIXEL_SIZE_A].to_numpy().astype(np.float32),
-        F.CS_CTF_ACCEL_KV: m[F.VOLTAGE_KV].to_numpy().astype(np.float32),
-        F.CS_CTF_CS_MM: m[F.CS_MM].to_numpy().astype(np.float32),
-        F.CS_CTF_AMP_CONTRAST: m[F.AMPLITUDE_CONTRAST].to_numpy().astype(np.float32),
-        F.CS_CTF_DF1_A: m[F.DEFOCUS_U_A].to_numpy().astype(np.float32),
-        F.CS_CTF_DF2_A: m[F.DEFOCUS_V_A].to_numpy().astype(np.float32),
-        F.CS_CTF_DF_ANGLE_RAD: m[F.DEFOCUS_ANGLE_RAD].to_numpy().astype(np.float32),
-        F.CS_CTF_PHASE_SHIFT_RAD: m[F.PHASE_SHIFT_RAD].to_numpy().astype(np.float32),
-        F.CS_CTF_BFACTOR: m[F.BFACTOR_A2].to_numpy().astype(np.float32),
+        F.CS_BLOB_SHAPE: _slot(F.CS_BLOB_SHAPE, n, (table.box_px, table.box_px)),
+        F.CS_BLOB_PSIZE_A: m[F.PIXEL_SIZE_A].to_numpy().astype(f32),
+        F.CS_BLOB_SIGN: (-m[F.IMAGE_CONTRAST].to_numpy()).astype(f32),
+        F.CS_BLOB_IMPORT_SIG: _slot(F.CS_BLOB_IMPORT_SIG, n, 0),
+        F.CS_CTF_TYPE: _slot(F.CS_CTF_TYPE, n, F.CS_NEUTRAL[F.CS_CTF_TYPE]),
+        F.CS_CTF_EXP_GROUP_ID: _exp_group_ids(table, rows),
+        F.CS_CTF_ACCEL_KV: m[F.VOLTAGE_KV].to_numpy().astype(f32),
+        F.CS_CTF_CS_MM: m[F.CS_MM].to_numpy().astype(f32),
+        F.CS_CTF_AMP_CONTRAST: m[F.AMPLITUDE_CONTRAST].to_numpy().astype(f32),
+        F.CS_CTF_DF1_A: m[F.DEFOCUS_U_A].to_numpy().astype(f32),
+        F.CS_CTF_DF2_A: m[F.DEFOCUS_V_A].to_numpy().astype(f32),
+        F.CS_CTF_DF_ANGLE_RAD: m[F.DEFOCUS_ANGLE_RAD].to_numpy().astype(f32),
+        F.CS_CTF_PHASE_SHIFT_RAD: m[F.PHASE_SHIFT_RAD].to_numpy().astype(f32),
     }
+    for name in (F.CS_CTF_SCALE, F.CS_CTF_SCALE_CONST, F.CS_CTF_SHIFT_A, F.CS_CTF_TILT_A,
+                 F.CS_CTF_TREFOIL_A, F.CS_CTF_TETRA_A, F.CS_CTF_ANISOMAG):
+        fields[name] = _slot(name, n, F.CS_NEUTRAL[name])
+    fields[F.CS_CTF_BFACTOR] = m[F.BFACTOR_A2].to_numpy().astype(f32)
     if table.has_locations and mic_shapes is not None:
         mics = m[F.MICROGRAPH].to_numpy(dtype=object)
         shapes = np.array([mic_shapes[x] for x in mics], dtype=np.uint32).reshape(-1, 2)
@@ -902,35 +1068,85 @@ def _cs_from_meta(table: ParticleTable, rows: np.ndarray,
             [str(p).encode("utf-8") for p in mics], dtype=bytes)
         fields[F.CS_LOCATION_MICROGRAPH_SHAPE] = shapes
         fields[F.CS_LOCATION_CENTER_X_FRAC] = (
-            m[F.LOCATION_X_PX].to_numpy() / shapes[:, 1]).astype(np.float32)
+            m[F.LOCATION_X_PX].to_numpy() / shapes[:, 1]).astype(f32)
         fields[F.CS_LOCATION_CENTER_Y_FRAC] = (
-            m[F.LOCATION_Y_PX].to_numpy() / shapes[:, 0]).astype(np.float32)
+            m[F.LOCATION_Y_PX].to_numpy() / shapes[:, 0]).astype(f32)
     base = np.empty(n, dtype=[(F.CS_UID, "<u8")])
     base[F.CS_UID] = fields.pop(F.CS_UID)
     return with_fields(base, fields)
 
 
+def _missing_slots(base: np.ndarray, table: ParticleTable, rows: np.ndarray) -> dict:
+    """CryoSPARC's blob and ctf slots a .cs input lacks, with neutral values (in order)."""
+    have = set(base.dtype.names)
+    n = len(rows)
+    out: dict[str, np.ndarray] = {}
+    for name in F.CS_PARTICLE_SLOTS:
+        if name in have or name.startswith("alignments2D/"):
+            continue
+        if name == F.CS_BLOB_SIGN:  # as cryoclass read the images
+            out[name] = (-table.meta[F.IMAGE_CONTRAST].to_numpy()[rows]).astype(np.float32)
+        elif name == F.CS_UID:
+            out[name] = _uids(table, rows)
+        elif name in F.CS_NEUTRAL:
+            out[name] = _slot(name, n, F.CS_NEUTRAL[name])
+        elif name == F.CS_BLOB_SHAPE:
+            out[name] = _slot(name, n, (table.box_px, table.box_px))
+        else:  # ctf values cryoclass read or defaulted (canonical columns)
+            canon = {v: k for k, v in F.CS_TO_CANONICAL.items()}.get(name)
+            if canon is not None:
+                out[name] = table.meta[canon].to_numpy()[rows].astype(np.float32)
+    return out
+
+
+def _alignment_slots(al: dict[str, np.ndarray], psize: np.ndarray) -> dict[str, np.ndarray]:
+    """Return the 18 ``alignments2D/*`` slots of CryoSPARC, in its order.
+
+    Real values: split, shift, pose, psize_A, error (= -score), class_posterior, class,
+    class_ess, and every optional E-step quantity present in ``al``
+    (:data:`cryoclass.io.fields.CS_OPTIONAL_ALIGN`); the others neutral, ``error_min`` =
+    ``error`` when absent.
+    """
+    n = psize.size
+    # assumed convention (docs/formats.md): shift (x, y) in px = RELION origin in px
+    shift_px = np.stack([-al["shift_x_A"] / psize, -al["shift_y_A"] / psize], axis=1) + 0.0
+    error = (-al["score"].astype(np.float64)).astype(np.float32)
+    real = {
+        F.CS_A2D_SPLIT: al["half_set"].astype(np.uint32),
+        F.CS_A2D_SHIFT: shift_px.astype(np.float32),
+        F.CS_A2D_POSE: np.deg2rad(al["psi_deg"].astype(np.float64)).astype(np.float32),
+        F.CS_A2D_PSIZE_A: psize.astype(np.float32),
+        F.CS_A2D_ERROR: error,
+        F.CS_A2D_ERROR_MIN: error,
+        F.CS_A2D_CLASS_POSTERIOR: al["class_posterior"].astype(np.float32),
+        F.CS_A2D_CLASS: al["class_index"].astype(np.uint32),
+        F.CS_A2D_CLASS_ESS: al["ess"].astype(np.float32),
+    }
+    for key, name in F.CS_OPTIONAL_ALIGN.items():
+        if al.get(key) is not None:
+            real[name] = np.asarray(al[key]).astype(np.float32)
+    out = {}
+    for name in F.CS_PARTICLE_SLOTS:
+        if name.startswith("alignments2D/"):
+            out[name] = real[name] if name in real else _slot(name, n, F.CS_NEUTRAL[name])
+    return out
+
+
 def _cs_output(table: ParticleTable, rows: np.ndarray, al: dict[str, np.ndarray] | None,
                ctf_off: bool, mic_shapes: dict[str, tuple] | None) -> np.ndarray:
-    """Return the .cs rows of an output for ``rows`` (``al``: their alignments)."""
-    base = (table.cs_array[rows] if table.cs_array is not None
-            else _cs_from_meta(table, rows, mic_shapes))
+    """Return the .cs rows of an output for ``rows`` (``al``: their alignments).
+
+    A .cs input's fields pass through unchanged (the slots it lacks are added), except
+    ``alignments2D/*`` (this run's) and, with CTF off, the CTF values (CTF-off convention).
+    """
+    if table.cs_array is not None:
+        base = table.cs_array[rows]
+        updates = _missing_slots(base, table, rows)
+    else:
+        base, updates = _cs_from_meta(table, rows, mic_shapes), {}
     m = table.meta.iloc[rows]
-    updates: dict[str, np.ndarray] = {}
     if al is not None:
-        psize = m[F.PIXEL_SIZE_A].to_numpy()
-        # assumed convention (docs/formats.md): shift (x, y) in px = RELION origin in px
-        shift_px = np.stack([-al["shift_x_A"] / psize, -al["shift_y_A"] / psize], axis=1) + 0.0
-        updates.update({
-            F.CS_A2D_CLASS: al["class_index"].astype(np.uint32),
-            F.CS_A2D_POSE: np.deg2rad(al["psi_deg"].astype(np.float64)).astype(np.float32),
-            F.CS_A2D_SHIFT: shift_px.astype(np.float32),
-            F.CS_A2D_PSIZE_A: psize.astype(np.float32),
-            F.CS_A2D_CLASS_POSTERIOR: al["class_posterior"].astype(np.float32),
-            F.CS_A2D_CLASS_ESS: al["ess"].astype(np.float32),
-            F.CS_A2D_ERROR: (-al["score"].astype(np.float64)).astype(np.float32),
-            F.CS_A2D_SPLIT: al["half_set"].astype(np.uint32),
-        })
+        updates.update(_alignment_slots(al, m[F.PIXEL_SIZE_A].to_numpy()))
     if ctf_off:
         n = len(rows)
         for field, canon in ((F.CS_CTF_DF1_A, F.DEFOCUS_U_A), (F.CS_CTF_DF2_A, F.DEFOCUS_V_A),
@@ -939,9 +1155,8 @@ def _cs_output(table: ParticleTable, rows: np.ndarray, al: dict[str, np.ndarray]
                              (F.CS_CTF_AMP_CONTRAST, F.AMPLITUDE_CONTRAST),
                              (F.CS_CTF_PHASE_SHIFT_RAD, F.PHASE_SHIFT_RAD)):
             updates[field] = np.full(n, F.CTF_OFF_VALUES[canon], dtype=np.float32)
-        if F.CS_CTF_BFACTOR in base.dtype.names:
-            updates[F.CS_CTF_BFACTOR] = np.zeros(n, dtype=np.float32)
-        if F.CS_CTF_ACCEL_KV not in base.dtype.names:
+        updates[F.CS_CTF_BFACTOR] = np.zeros(n, dtype=np.float32)
+        if F.CS_CTF_ACCEL_KV not in base.dtype.names and F.CS_CTF_ACCEL_KV not in updates:
             updates[F.CS_CTF_ACCEL_KV] = m[F.VOLTAGE_KV].to_numpy().astype(np.float32)
     return with_fields(base, updates) if updates else base.copy()
 
@@ -1031,11 +1246,15 @@ def write_particles_cs(path: str | os.PathLike, table: ParticleTable,
                        align: Mapping[str, object], comm: Comm | None = None) -> None:
     """Write every particle with its alignment as a CryoSPARC .cs file.
 
-    The input array (or, for STAR input, a new one with ``uid``, ``blob/*``, ``ctf/*``
-    and, when micrograph headers are readable, ``location/*``) gets these fields added
-    or overwritten: ``alignments2D/class`` (u4), ``pose`` (f4, rad = psi),
-    ``shift`` ((2,) f4, px, = RELION origin = -shift_A / pixel size), ``psize_A``,
-    ``class_posterior``, ``class_ess``, ``error`` (= -score) and ``split`` (u4 half set).
+    The file carries CryoSPARC's complete particle slots, the 42 fields of a CryoSPARC 2D
+    classification export in its order and dtypes
+    (:data:`~cryoclass.io.fields.CS_PARTICLE_SLOTS`), plus ``location/*`` where the
+    micrograph shapes are known. A .cs input's fields pass through unchanged (slots it
+    lacks are added); ``alignments2D/*`` are this run's: ``class`` (u4), ``pose`` (rad =
+    psi), ``shift`` ((2,) px = RELION origin = -shift_A / pixel size), ``psize_A``,
+    ``class_posterior``, ``class_ess``, ``error`` (= -score), ``split`` (half set), the
+    optional E-step quantities of ``align`` (:data:`~cryoclass.io.fields.CS_OPTIONAL_ALIGN`)
+    where given and CryoSPARC's neutral values otherwise (docs/formats.md §2.4).
 
     Parameters are as for :func:`write_particles_star`.
     """

@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 #: Per-particle datasets of ``/particles`` and their dtypes.
 PARTICLE_DTYPES = {
-    "class": np.int32, "class_posterior": np.float32, "best_class_prob": np.float32,
+    "input_row": np.int64, "class": np.int32, "class_posterior": np.float32,
+    "best_class_prob": np.float32,
     "ess": np.float32, "psi_deg": np.float32, "shift_x_px": np.float32,
     "shift_y_px": np.float32, "shift_x_A": np.float32, "shift_y_A": np.float32,
     "score": np.float32, "half_set": np.int8, "duplicate": np.int8,
@@ -64,15 +65,22 @@ def write_run_file(path: Path, comm, n_total: int, start: int, local: dict,
     write_shared : callable(h5py.File)
         Writes the rank-independent groups and attributes (identical on every rank).
     """
+    from cryoclass.io.paths import agree_error, h5_file, output_error
+
     path = Path(path)
-    tmp = None
+    tmp, message = None, None
     if comm.rank == 0:
-        fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp",
-                                   dir=path.parent)
-        os.close(fd)
-    tmp = comm.bcast(tmp)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp",
+                                       dir=path.parent)
+            os.close(fd)
+        except OSError as exc:
+            message = str(output_error(path, exc))
+    tmp, message = comm.bcast((tmp, message))
+    agree_error(comm, message)
     n_local = len(next(iter(local.values()))) if local else 0
     mode = "parallel" if parallel_hdf5(comm) else "gather"
+    received = 0  # gather writer: the ranks whose rows have all arrived
     try:
         if mode == "parallel":
             with h5py.File(tmp, "w", driver="mpio", comm=comm.mpi) as f:
@@ -83,7 +91,7 @@ def write_run_file(path: Path, comm, n_total: int, start: int, local: dict,
                         d[start:start + n_local] = np.asarray(local[name], dtype=dt)
                 write_shared(f)
         elif comm.rank == 0:
-            with h5py.File(tmp, "w") as f:
+            with h5_file(tmp) as f:  # a full disk is an OSError, not a crash
                 g = f.create_group("particles")
                 ds = {name: g.create_dataset(name, (n_total,), dtype=dt)
                       for name, dt in PARTICLE_DTYPES.items()}
@@ -97,6 +105,7 @@ def write_run_file(path: Path, comm, n_total: int, start: int, local: dict,
                         off, arrays = msg
                         for name, arr in arrays.items():
                             ds[name][off:off + len(arr)] = arr
+                    received = src
                 write_shared(f)
         else:
             for s in range(0, n_local, chunk_rows):
@@ -105,16 +114,35 @@ def write_run_file(path: Path, comm, n_total: int, start: int, local: dict,
                                                         dtype=PARTICLE_DTYPES[name])
                                       for name in PARTICLE_DTYPES}), 0, _TAG)
             comm.send(None, 0, _TAG)
+        if comm.rank == 0 and mode == "gather":
+            _finish(tmp, path)
+    except OSError as exc:  # disk full, quota, file-size limit, ...
+        message = str(output_error(path, exc))
+        if mode == "gather" and comm.rank == 0:
+            for src in range(received + 1, comm.size):  # so that no rank blocks sending
+                while comm.recv(src, _TAG) is not None:
+                    pass
     except BaseException:
         if comm.rank == 0 and tmp and os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    comm.barrier()
-    if comm.rank == 0:
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    comm.barrier()
+    if mode == "parallel":  # every rank took part in the file: all must have succeeded
+        message = next((m for m in comm.allgather(message) if m is not None), None)
+        if message is None and comm.rank == 0:
+            try:
+                _finish(tmp, path)
+            except OSError as exc:
+                message = str(output_error(path, exc))
+    if message is not None and comm.rank == 0 and tmp and os.path.exists(tmp):
+        os.unlink(tmp)
+    agree_error(comm, message)
     logger.info("run.h5 written with the %s writer", mode)
     return mode
+
+
+def _finish(tmp: str, path: Path) -> None:
+    """Flush the temporary file to disk, make it readable, rename it over ``path``."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)

@@ -82,8 +82,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                                   dir=folder)
+    except OSError as exc:
+        exc.filename = path
+        raise
     os.close(fd)
     try:
         yield tmp
@@ -91,9 +95,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename in (None, tmp):
+            exc.filename = path  # name the output in the error, not the temporary file
         raise
     with contextlib.suppress(OSError):
         dir_fd = os.open(folder, os.O_RDONLY)
@@ -608,21 +614,31 @@ def write_in_rank_order(path: str | os.PathLike, comm, mode: str, head, pieces, 
     arrive (each rank sends them as it makes them, so no rank holds a whole file) and
     ``tail``, atomically (:func:`atomic_output`, ``mode`` "w" or "wb").
     """
+    from cryoclass.io.paths import agree_error, output_error
+
     path = os.fspath(path)
     if comm.rank != 0:
         for piece in pieces:
             comm.send(piece, 0, tag)
         comm.send(None, 0, tag)
-        comm.barrier()
+        agree_error(comm, None)
         return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path, mode) as fh:
-        head(fh)
-        for piece in pieces:
-            fh.write(piece)
-        for src in range(1, comm.size):
-            while (piece := comm.recv(src, tag)) is not None:
+    message, done = None, 0  # done: the other ranks whose pieces have all arrived
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(path, mode) as fh:
+            head(fh)
+            for piece in pieces:
                 fh.write(piece)
-        fh.write(tail)
-    comm.barrier()
+            for src in range(1, comm.size):
+                while (piece := comm.recv(src, tag)) is not None:
+                    fh.write(piece)
+                done = src
+            fh.write(tail)
+    except OSError as exc:  # disk full, no permission, ...: the temporary file is gone
+        message = str(output_error(path, exc))
+        for src in range(done + 1, comm.size):  # take the others' pieces, so none blocks
+            while comm.recv(src, tag) is not None:
+                pass
+    agree_error(comm, message)
     logger.debug("wrote %s from %d rank(s)", path, comm.size)

@@ -21,7 +21,6 @@ switch, nothing configured at import (matplotlib itself is imported on first use
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,11 +80,12 @@ def _figure(width_in: float, height_in: float):
 
 def _save(fig, path: Path) -> Path:
     """Write ``fig`` as PNG atomically (temporary name, then rename)."""
+    from cryoclass.io.star import atomic_path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png", dpi=_DPI, pil_kwargs={"compress_level": 3})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # no half-written PNG when the disk is full
+        fig.savefig(tmp, format="png", dpi=_DPI, pil_kwargs={"compress_level": 3})
     return path
 
 
@@ -240,11 +240,12 @@ def plot_class_grid(path: Path, classes: np.ndarray, pixel_A: float, counts: np.
 
 def _save_pil(image, path: Path) -> Path:
     """Write a PIL image as PNG atomically."""
+    from cryoclass.io.star import atomic_path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    image.save(tmp, format="PNG", compress_level=3)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", compress_level=3)
     return path
 
 
@@ -526,10 +527,10 @@ def _record_arrays(record: dict) -> dict[str, np.ndarray]:
 
 
 def _atomic_npz(path: Path, **arrays) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
+    from cryoclass.io.star import atomic_output
+
+    with atomic_output(path, "wb") as fh:
         np.savez(fh, **arrays)
-    os.replace(tmp, path)
 
 
 def save_iteration_data(outdir: Path, state_classes: np.ndarray, geom_like, record: dict,
