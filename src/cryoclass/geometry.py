@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 #: Coarse search band radius as a fraction of the alignment radius.
 COARSE_RADIUS = 0.75
+#: Default translation search radius as a fraction of the particle diameter.
+SHIFT_RANGE_OF_DIAMETER = 0.125
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,10 @@ def make_geometry(box_px: int, pixel_size_A: float, cfg: Config) -> Geometry:
     psi_step = s.psi_step_deg
     if psi_step is None:
         psi_step = float(np.clip(np.degrees(align_res / diam_A), 1.0, 15.0))
-    shift_range_A = s.shift_range_A if s.shift_range_A is not None else 0.2 * box_A
+    # auto: an eighth of the particle diameter (RELION's standard 2D search, 5 px of a
+    # 64 px box, is about this): a wider search lets noise and junk slide into a fit
+    shift_range_A = (s.shift_range_A if s.shift_range_A is not None
+                     else SHIFT_RANGE_OF_DIAMETER * diam_A)
     shift_step_A = s.shift_step_A if s.shift_step_A is not None else p_work
     step_px = shift_step_A / p_work
     shifts = shift_grid(shift_range_A / p_work, step_px)
