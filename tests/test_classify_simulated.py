@@ -38,6 +38,9 @@ def run(tmp_path_factory):
                         str(star), "--out", str(out), "--classes", "12", "--max-res", "9",
                         "--online-iters", "12", "--batch-per-class", "60",
                         "--mask-diameter", "130", "--set", "classify.anneal_iters=8",
+                        # this set's true shifts reach 6 px = 18 Å (sigma 2 px, clipped at
+                        # 3 sigma), beyond the default search of diameter / 8 = 16 Å
+                        "--set", "search.shift_range_A=20",
                         "--no-plots"], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     truth = h5py.File(base / "data" / "truth.h5", "r")
