@@ -192,7 +192,7 @@ def test_junk_and_duplicate_fractions():
     t = _plan_truth(p)
     junk = t["species"] < 0
     assert junk.sum() == 500
-    assert set(t["junk_type"][junk]) == set(JUNK_TYPES)
+    assert set(t["junk_type"][junk]) == set(p.junk_types) == set(JUNK_TYPES) - {"broken"}
     assert np.all(t["junk_type"][~junk] == "")
     dup = t["duplicate_of"] >= 0
     n_orig = (~junk).sum() - dup.sum()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cryoclass.simulation.params import SimulationParams
+from cryoclass.simulation.params import JUNK_TYPES, SimulationParams
 from cryoclass.simulation.views import (
     candidate_views,
     random_filament_rotations,
@@ -35,8 +35,6 @@ STREAM_NOISE = 3
 STREAM_JUNK = 4
 STREAM_CALIBRATION = 5
 
-#: Junk categories (truth ``junk_type``); real particles have ``""``.
-JUNK_TYPES = ("noise", "ice_gradient", "off_centre", "aggregate")
 #: Range of the off-centre junk offset, as a fraction of the box.
 OFF_CENTRE_RANGE = (0.35, 0.45)
 #: Distance between the picks of a duplicate and its original (Å).
@@ -198,7 +196,9 @@ def make_plan(params: SimulationParams, views: list[np.ndarray],
     species = poses.species.copy()
     source = poses.species.copy()
     junk_code = np.full(n_obj, -1, dtype=np.int8)
-    junk_code[n_orig:] = rng.integers(0, len(JUNK_TYPES), n_junk)
+    # the chosen kinds, equally likely (the default four give the original draws)
+    kinds = np.array([JUNK_TYPES.index(t) for t in params.junk_types], dtype=np.int8)
+    junk_code[n_orig:] = kinds[rng.integers(0, kinds.size, n_junk)]
     species[n_orig:] = -1
     off = junk_code == JUNK_TYPES.index("off_centre")
     other_junk = (junk_code >= 0) & ~off
