@@ -141,9 +141,18 @@ def test_streak_index_sees_parallel_streaks_only():
     streaky = clean + 0.05 * np.repeat(line, n, axis=1)
     i_iso, i_streak = ev.streak_index(iso), ev.streak_index(streaky)
     base = ev.streak_index_baseline(n)
-    assert 1.0 < base < 1.8
+    assert 0.9 < base < 1.1
     assert np.all(i_iso < ev.STREAK_THRESHOLD), i_iso
-    assert np.all(i_streak > 3 * ev.STREAK_THRESHOLD), i_streak
+    assert np.all(i_streak > 2 * ev.STREAK_THRESHOLD), i_streak
+    # an average low-passed by the classifier is judged in its own outer shells
+    r = np.hypot(np.fft.fftfreq(n)[:, None], np.fft.rfftfreq(n)[None, :])
+
+    def low(x):
+        return np.fft.irfft2(np.fft.rfft2(x) * (r < 0.3), s=(n, n))
+
+    assert np.all(ev.streak_index(low(iso)) < ev.STREAK_THRESHOLD)
+    assert np.all(ev.streak_index(low(streaky)) > 2 * ev.STREAK_THRESHOLD)
+    assert np.isnan(ev.streak_index(np.zeros((1, n, n)))).all()
 
 
 def test_aligned_ncc_finds_rotation_and_shift():

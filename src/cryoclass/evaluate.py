@@ -47,6 +47,7 @@ Metrics of the hard benchmark (continuous views; definitions and equations in
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import logging
 import re
@@ -67,11 +68,13 @@ MIN_STREAK_MEMBERS = 10
 NCC_LOWPASS_A = 15.0
 #: In-plane rotation step (deg) of the NCC alignment; shifts are searched exhaustively.
 NCC_PSI_STEP_DEG = 2.0
-#: Outer band of the streak index, as fractions of Nyquist.
+#: Outer band of the streak index, as fractions of the image's band limit.
 STREAK_BAND = (0.6, 0.95)
+#: Shell power (relative to the strongest shell) that still counts as content.
+STREAK_POWER_FLOOR = 1e-6
 #: Angular bins of the streak index over 180 deg.
-STREAK_BINS = 36
-#: Streak index from which a class counts as streaky.
+STREAK_BINS = 18
+#: Streak index (relative to white noise) from which a class counts as streaky.
 STREAK_THRESHOLD = 2.0
 #: Random permutations averaged for the view-spread baseline.
 N_PERMUTATIONS = 5
@@ -499,39 +502,80 @@ def class_projection_ncc(averages: np.ndarray, rotation: np.ndarray, species: np
             "class_projection_ncc_min": float(scores.min()), "ncc_classes": len(keys)}
 
 
+def _band_limit(power: np.ndarray, r: np.ndarray, floor: float = STREAK_POWER_FLOOR) -> float:
+    """Largest radius (fraction of Nyquist) whose shell holds >= ``floor`` x the peak shell."""
+    shell = np.minimum((r * 32).astype(int), 32)  # 1/32 Nyquist shells
+    per = np.bincount(shell.ravel(), weights=power.ravel(), minlength=33)
+    per /= np.maximum(np.bincount(shell.ravel(), minlength=33), 1)
+    per = per[1:32]  # no DC shell, no corners
+    if per.max() <= 0:
+        return 0.0
+    live = np.flatnonzero(per >= floor * per.max())
+    return float(min(1.0, (live[-1] + 2) / 32.0))
+
+
+def _max_over_mean(power: np.ndarray, bins: np.ndarray, n_bins: int) -> float:
+    """Largest angular-bin mean of ``power`` over the mean of the bin means."""
+    count = np.bincount(bins, minlength=n_bins)
+    per_bin = np.bincount(bins, weights=power, minlength=n_bins)[count > 0] / count[count > 0]
+    mean = per_bin.mean()
+    return float(per_bin.max() / mean) if mean > 0 else float("nan")
+
+
+@functools.lru_cache(maxsize=64)
+def _noise_max_over_mean(n: int, lo: float, hi: float, n_bins: int,
+                         n_images: int = 32) -> float:
+    """Return the mean :func:`_max_over_mean` of white noise on the same band (seeded)."""
+    r, bins_all = _polar_grid(n, n_bins)
+    sel = (r >= lo) & (r <= hi)
+    rng = np.random.default_rng(0)
+    power = rng.exponential(size=(n_images, int(sel.sum())))  # |white noise F|^2
+    return float(np.mean([_max_over_mean(p, bins_all[sel], n_bins) for p in power]))
+
+
+def _polar_grid(n: int, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Radius (fraction of Nyquist) and angular bin (over 180 deg) of each rfft2 coefficient."""
+    ky = np.fft.fftfreq(n)[:, None] * 2.0
+    kx = np.fft.rfftfreq(n)[None, :] * 2.0
+    theta = np.mod(np.arctan2(ky, kx), np.pi)
+    return np.hypot(ky, kx), np.minimum((theta / np.pi * n_bins).astype(int), n_bins - 1)
+
+
 def streak_index(images: np.ndarray, band: tuple[float, float] = STREAK_BAND,
                  n_bins: int = STREAK_BINS) -> np.ndarray:
     """Anisotropy of the high-frequency power of each image, (m, n, n) -> (m,).
 
     Parallel streaks in an image put their power along one direction of the Fourier
-    plane. Per image: the power :math:`|F(q)|^2` of the frequencies whose radius is
-    within ``band`` (fractions of Nyquist) is averaged in ``n_bins`` angular bins over
-    180 deg (the spectrum of a real image is point-symmetric); the index is the largest
-    bin over the mean of the bins. Isotropic noise gives a little above 1 (the spread of
-    the bin means, see :func:`streak_index_baseline`); streaks give several.
+    plane. Per image, the frequencies whose radius is within ``band`` times the image's
+    band limit are used (the limit is the outermost shell that still holds
+    :data:`STREAK_POWER_FLOOR` of the strongest shell's power, at most Nyquist, so an
+    average low-passed by the classifier is judged in its own outer shells). Their power
+    :math:`|F(q)|^2` is averaged in ``n_bins`` angular bins over 180 deg (the spectrum of
+    a real image is point-symmetric) and the largest bin is divided by the mean of the
+    bins; that ratio is divided by its expectation for white noise on the same band
+    (which is above 1 from the spread of the bin means alone). So isotropic noise scores
+    about 1 whatever the band, and parallel streaks several. NaN for an empty image.
     """
     images = np.asarray(images, dtype=np.float64)
     n = images.shape[-1]
-    ky = np.fft.fftfreq(n)[:, None] * 2.0  # fractions of Nyquist
-    kx = np.fft.rfftfreq(n)[None, :] * 2.0
-    r = np.hypot(ky, kx)
-    sel = (r >= band[0]) & (r <= band[1])
-    theta = np.mod(np.arctan2(ky, kx), np.pi)
-    bins = np.minimum((theta / np.pi * n_bins).astype(int), n_bins - 1)[sel]
-    count = np.bincount(bins, minlength=n_bins)
+    r, bins_all = _polar_grid(n, n_bins)
     power = np.abs(np.fft.rfft2(images - images.mean(axis=(1, 2), keepdims=True))) ** 2
-    out = np.empty(images.shape[0])
+    out = np.full(images.shape[0], np.nan)
     for i, p in enumerate(power):
-        per_bin = np.bincount(bins, weights=p[sel], minlength=n_bins) / np.maximum(count, 1)
-        mean = per_bin.mean()
-        out[i] = per_bin.max() / mean if mean > 0 else float("nan")
+        limit = _band_limit(p, r)
+        lo, hi = round(band[0] * limit, 6), round(band[1] * limit, 6)
+        sel = (r >= lo) & (r <= hi)
+        if sel.sum() < 2 * n_bins:
+            continue
+        out[i] = _max_over_mean(p[sel], bins_all[sel], n_bins) / _noise_max_over_mean(
+            n, lo, hi, n_bins)
     return out
 
 
 def streak_index_baseline(n: int, n_images: int = 64, seed: int = 0) -> float:
-    """Mean :func:`streak_index` of white Gaussian noise images of size ``n`` (reference)."""
+    """Mean :func:`streak_index` of white Gaussian noise images of size ``n`` (about 1)."""
     rng = np.random.default_rng(seed)
-    return float(streak_index(rng.standard_normal((n_images, n, n))).mean())
+    return float(np.nanmean(streak_index(rng.standard_normal((n_images, n, n)))))
 
 
 def class_streaks(averages: np.ndarray, cls: np.ndarray, min_members: int = MIN_STREAK_MEMBERS,
