@@ -42,6 +42,8 @@ PRESETS: dict[str, dict] = {
         "snr": 0.05,
         "junk_fraction": 0.2,
         "junk_types": ("noise", "off_centre", "broken"),
+        "off_centre_range": (0.4, 0.5),
+        "off_centre_edge": True,
         "duplicate_fraction": 0.02,
         "shift_sigma_px": 2.0,
         "defocus_range_A": (10000.0, 25000.0),
@@ -83,6 +85,12 @@ class SimulationParams:
     junk_types : tuple of str
         Kinds of junk, equally likely (:data:`JUNK_TYPES`); default the four original
         kinds (noise, ice_gradient, off_centre, aggregate).
+    off_centre_range : tuple of float
+        Distance of an off-centre junk particle's centre from the box centre, uniform in
+        this range (fractions of the box).
+    off_centre_edge : bool
+        Measure that distance in the max-norm (``max(|x|, |y|)``), so every off-centre
+        particle sits near an edge and crosses it; default the Euclidean distance.
     duplicate_fraction : float
         Fraction of the physical (non-junk) particles that are picked a second time.
     shift_sigma_px : float
@@ -121,6 +129,8 @@ class SimulationParams:
     snr: float = 0.05
     junk_fraction: float = 0.2
     junk_types: tuple[str, ...] = DEFAULT_JUNK_TYPES
+    off_centre_range: tuple[float, float] = (0.35, 0.45)
+    off_centre_edge: bool = False
     duplicate_fraction: float = 0.05
     shift_sigma_px: float = 2.0
     defocus_range_A: tuple[float, float] = (10000.0, 25000.0)
@@ -140,6 +150,9 @@ class SimulationParams:
         """Normalise tuple fields and validate every value."""
         object.__setattr__(
             self, "defocus_range_A", tuple(float(v) for v in self.defocus_range_A)
+        )
+        object.__setattr__(
+            self, "off_centre_range", tuple(float(v) for v in self.off_centre_range)
         )
         if self.species_fractions is not None:
             object.__setattr__(
@@ -182,6 +195,7 @@ class SimulationParams:
         """Plain-JSON dictionary of all fields (the derived diameter included)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["defocus_range_A"] = list(self.defocus_range_A)
+        d["off_centre_range"] = list(self.off_centre_range)
         if self.species_fractions is not None:
             d["species_fractions"] = list(self.species_fractions)
         if self.phantoms is not None:
@@ -245,6 +259,9 @@ class SimulationParams:
         for name in self.junk_types:
             if name not in JUNK_TYPES:
                 bad(f"unknown junk type {name!r}; choose from {', '.join(JUNK_TYPES)}")
+        oc = self.off_centre_range
+        if len(oc) != 2 or not all(math.isfinite(v) for v in oc) or not 0 <= oc[0] <= oc[1] <= 1:
+            bad(f"off-centre range must satisfy 0 <= min <= max <= 1 (box), got {list(oc)}")
         if len(set(self.junk_types)) != len(self.junk_types):
             bad(f"junk types repeat a kind: {list(self.junk_types)}")
         if self.views_per_species < 0:
@@ -332,6 +349,9 @@ _VALUE_FLAGS: tuple[tuple[str, str, object, str, str], ...] = (
     ("--junk-types", "junk_types", _names, "KIND,...",
      "junk kinds, equally likely, from " + ", ".join(JUNK_TYPES)
      + " (default noise,ice_gradient,off_centre,aggregate)"),
+    ("--off-centre-range", "off_centre_range", _floats, "MIN,MAX",
+     "distance of off-centre junk from the box centre, fractions of the box "
+     "(default %(default)s)"),
     ("--duplicates", "duplicate_fraction", float, "FRACTION",
      "fraction of real particles picked twice, in [0, 1) (default %(default)s)"),
     ("--shift-sigma", "shift_sigma_px", float, "PX",
@@ -379,6 +399,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--filament", dest="include_filament", action="store_true",
                    default=argparse.SUPPRESS,
                    help="make the last species a helical filament (default off)")
+    g.add_argument("--off-centre-edge", dest="off_centre_edge", action="store_true",
+                   default=argparse.SUPPRESS,
+                   help="off-centre distance in the max-norm: every off-centre particle "
+                        "crosses a box edge (default: Euclidean distance)")
     g.add_argument("--no-ctf", dest="ctf", action="store_false", default=argparse.SUPPRESS,
                    help="no CTF: images without CTF, STAR gets Q=1, defocus 0, Cs 0")
 
