@@ -11,6 +11,11 @@
 set -euo pipefail
 DATA=$(realpath "$1"); OUT=$(realpath -m "$2"); K=$3; DIAM=$4
 RANKS=${RANKS:-2}; ITER=${ITER:-15}; SEED=${RELION_SEED:-1}
+# another call running this case: wait for it (its pid is in OUT/running.pid)
+if [ -f "$OUT/running.pid" ] && kill -0 "$(cat "$OUT/running.pid")" 2>/dev/null; then
+  echo "RELION K=$K: waiting for the run in progress (pid $(cat "$OUT/running.pid"))"
+  while kill -0 "$(cat "$OUT/running.pid")" 2>/dev/null; do sleep 30; done
+fi
 if [ -f "$OUT/timing.txt" ]; then
   echo "RELION K=$K: cached in $OUT"; exit 0
 fi
@@ -18,6 +23,8 @@ if ! command -v relion_refine_mpi >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq relion
 fi
 mkdir -p "$OUT"
+echo $$ > "$OUT/running.pid"
+trap 'rm -f "$OUT/running.pid"' EXIT
 ARGS="--i particles.star --o $OUT/run --K $K --iter $ITER --tau2_fudge 2
       --particle_diameter $DIAM --ctf --zero_mask --flatten_solvent --oversampling 1
       --psi_step 10 --offset_range 5 --offset_step 2 --norm --scale
