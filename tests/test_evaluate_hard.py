@@ -272,3 +272,30 @@ def ev_sim(truth):
     from cryoclass.simulation.dataset import simulator_from_truth
 
     return simulator_from_truth(truth)
+
+
+def test_cli_simulate_preset_and_evaluate_classes_flag(tmp_path, hard_data):
+    import json
+
+    from cryoclass.cli import main
+    from cryoclass.io.mrc import write_stack
+
+    assert main(["-q", "simulate", str(tmp_path / "d"), "--preset", "hard", "--n", "50",
+                 "--snr", "0.02"]) == 0
+    import h5py
+
+    with h5py.File(tmp_path / "d" / "truth.h5") as f:
+        p = json.loads(f.attrs["params_json"])
+    assert (p["snr"], p["n_particles"], p["views_per_species"]) == (0.02, 50, 0)
+    base, _ = hard_data
+    truth = base / "data" / "truth.h5"
+    names, _ = ev.truth_names(truth)
+    rng = np.random.default_rng(5)
+    cls = rng.integers(1, 4, names.size)
+    _write_classified(tmp_path / "x.star", names, cls, rng.uniform(-180, 180, names.size))
+    write_stack(tmp_path / "avg.mrcs", rng.standard_normal((3, 64, 64)).astype(np.float32), 4.0)
+    out = tmp_path / "x.json"
+    assert main(["-q", "evaluate", str(truth), str(tmp_path / "x.star"), "--json", str(out),
+                 "--classes", str(tmp_path / "avg.mrcs")]) == 0
+    r = json.loads(out.read_text())
+    assert r["class_averages"].endswith("avg.mrcs") and "class_projection_ncc" in r
