@@ -11,7 +11,8 @@ RANKS ?= 2
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install demo test test-fast lint clean bench bench-memory relion-compare \
-	report-screenshot test-mpi-hdf5 interop-tools device-wheels device-check-dry
+	report-screenshot test-mpi-hdf5 interop-tools device-wheels device-check-dry \
+	bench-accuracy
 
 # The system-MPI stack (what cluster users run): Debian's Open MPI, mpi4py and an
 # MPI-enabled h5py (parallel HDF5) under the system Python, with cryoclass's other
@@ -90,6 +91,11 @@ bench-memory: install
 
 relion-compare: install
 	bash launch/compare_relion.sh
+
+# the hard accuracy benchmark (docs/accuracy.md): cryoclass and RELION 3.1 side by side on
+# continuous views at low SNR with junk; SNR= N= K= RELION=0/1 EXTRA="..." OUT= CACHE=
+bench-accuracy: install
+	bash launch/bench_accuracy.sh
 
 # headless Chromium (Debian) renders demo_run/report.html to demo_run/report.png
 report-screenshot: install

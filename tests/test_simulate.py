@@ -192,7 +192,7 @@ def test_junk_and_duplicate_fractions():
     t = _plan_truth(p)
     junk = t["species"] < 0
     assert junk.sum() == 500
-    assert set(t["junk_type"][junk]) == set(JUNK_TYPES)
+    assert set(t["junk_type"][junk]) == set(p.junk_types) == set(JUNK_TYPES) - {"broken"}
     assert np.all(t["junk_type"][~junk] == "")
     dup = t["duplicate_of"] >= 0
     n_orig = (~junk).sum() - dup.sum()
@@ -357,3 +357,87 @@ def test_star_reads_back_with_load_particles(tmp_path):
     np.testing.assert_allclose(meta["pixel_size_A"], 4.0)
     np.testing.assert_array_equal(meta["image_index"], truth["index_in_stack"])
     np.testing.assert_array_equal(table.image_source().read(np.arange(50)), images)
+
+
+# --- the hard benchmark: preset, junk mix, broken particles, projections at any view ---------
+
+def test_preset_hard_and_explicit_flags_override_it():
+    from cryoclass.simulate import PRESETS
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    p = params_from_args(parser.parse_args(["--preset", "hard"]))
+    assert p == SimulationParams(**PRESETS["hard"])
+    assert (p.views_per_species, p.n_species, p.phantoms) == (0, 1, ("asym_five",))
+    assert p.junk_types == ("noise", "off_centre", "broken") and p.duplicate_fraction == 0.02
+    assert 0.6 <= p.particle_diameter_px / p.box_px <= 0.7
+    q = params_from_args(parser.parse_args(["--preset", "hard", "--snr", "0.02", "--n", "20000",
+                                            "--junk-types", "noise,aggregate"]))
+    assert (q.snr, q.n_particles, q.junk_types) == (0.02, 20000, ("noise", "aggregate"))
+    assert q.box_px == 64 and q.pixel_size_A == 4.0
+    with pytest.raises(InputError, match="unknown junk type"):
+        params_from_args(parser.parse_args(["--junk-types", "noise,dust"]))
+    with pytest.raises(InputError, match="unknown phantom"):
+        params_from_args(parser.parse_args(["--species", "1", "--phantoms", "blob"]))
+
+
+HARD_SMALL = SimulationParams(n_particles=300, box_px=64, pixel_size_A=4.0,
+                              particle_diameter_A=170.0, n_species=1, phantoms=("asym_five",),
+                              views_per_species=0, junk_fraction=0.5,
+                              junk_types=("noise", "off_centre", "broken"),
+                              off_centre_range=(0.4, 0.5), off_centre_edge=True, ctf=False,
+                              seed=4)
+
+
+def test_junk_mix_broken_and_off_centre_partly_outside():
+    _, clean, t = simulate_images(HARD_SMALL, noise=False)
+    jt = t["junk_type"]
+    assert set(jt[t["species"] < 0]) == {"noise", "off_centre", "broken"}
+    assert np.all(clean[jt == "noise"] == 0)
+    sim = Simulator(HARD_SMALL, plan=False)
+    real = np.flatnonzero(jt == "")
+    mass = clean[real].sum(axis=(1, 2)).mean()  # no CTF: the sum is the particle's mass
+    broken = clean[jt == "broken"].sum(axis=(1, 2)) / mass
+    assert broken.size and np.all((broken > 0.3) & (broken < 0.62)), broken
+    off = np.flatnonzero(jt == "off_centre")
+    centred = sim.clean_projection(0, t["rotation"][off], t["psi_deg"][off])
+    inside = clean[off].sum(axis=(1, 2)) / centred.sum(axis=(1, 2))
+    assert off.size and np.all(inside < 0.97), inside  # part of the particle is outside
+
+
+def test_clean_projection_from_truth_file_matches_the_images(tmp_path):
+    from cryoclass.simulate import render_clean_projections
+
+    p = dataclasses.replace(HARD_SMALL, n_particles=40, junk_fraction=0.0, shift_sigma_px=0.0,
+                            duplicate_fraction=0.0, snr=0.3)
+    simulate_dataset(tmp_path, p)
+    _, clean, t = simulate_images(p, noise=False)
+    proj = render_clean_projections(tmp_path / "truth.h5", t["species"], t["rotation"],
+                                    t["psi_deg"])
+    np.testing.assert_allclose(proj, clean, atol=1e-4 * np.abs(clean).max())
+
+
+def test_asym_five_fills_the_box_and_views_differ():
+    from cryoclass.evaluate import rotationally_ambiguous
+    from cryoclass.simulation.views import (
+        polar_images,
+        random_rotations,
+        rotational_correlation,
+    )
+
+    sim = Simulator(HARD_SMALL, plan=False)
+    rot = random_rotations(np.random.default_rng(0), 40)
+    proj = sim.clean_projection(0, rot)
+    n = HARD_SMALL.box_px
+    extent = []
+    for im in proj:
+        ys, xs = np.nonzero(im > 0.05 * im.max())
+        pts = np.stack([xs, ys], 1).astype(float)
+        extent.append(max(np.ptp(pts @ np.array([np.cos(a), np.sin(a)]))
+                          for a in np.linspace(0, np.pi, 36)) / n)
+    assert 0.45 < np.median(extent) < 0.7, np.median(extent)
+    assert not any(rotationally_ambiguous(im) for im in proj[:8])
+    corr = rotational_correlation(polar_images(proj))
+    d = rot[:, 2, :]
+    far = (d @ d.T) < 0.5  # directions more than 60 deg apart
+    assert np.median(corr[far]) < 0.8

@@ -272,8 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("truth", help="truth.h5 written by cryoclass simulate")
     ev.add_argument("star", help="classified particles (particles.star, RELION _data.star)")
     ev.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
+    ev.add_argument("--classes", metavar="MRCS",
+                    help="class averages, class j = image j (default: class_averages.mrcs "
+                         "beside STAR, or RELION's run_itNNN_classes.mrcs)")
+    ev.add_argument("--lowpass", type=float, default=15.0, metavar="A",
+                    help="low-pass of class averages and true projections before their NCC "
+                         "(Å, default 15)")
     ev.set_defaults(func=lambda a, comm: (__import__("cryoclass.evaluate").evaluate
-                                          .main_evaluate(a.truth, a.star, a.json)
+                                          .main_evaluate(a.truth, a.star, a.json, a.classes,
+                                                         a.lowpass)
                                           if comm.rank == 0 else 0))
 
     sl = sub.add_parser("select", help="keep or drop classes of a finished run; write the subset",

@@ -19,9 +19,11 @@ the implementation lives in :mod:`cryoclass.simulation`.
 
 from cryoclass.simulation import (
     JUNK_TYPES,
+    PRESETS,
     SimulationParams,
     add_arguments,
     params_from_args,
+    render_clean_projections,
     simulate_dataset,
     simulate_images,
     truth_arrays,
@@ -29,9 +31,11 @@ from cryoclass.simulation import (
 
 __all__ = [
     "JUNK_TYPES",
+    "PRESETS",
     "SimulationParams",
     "add_arguments",
     "params_from_args",
+    "render_clean_projections",
     "simulate_dataset",
     "simulate_images",
     "truth_arrays",

@@ -8,16 +8,32 @@ generation) and :mod:`.dataset` (files and in-memory results). The public API is
 re-exported by :mod:`cryoclass.simulate`.
 """
 
-from cryoclass.simulation.dataset import simulate_dataset, simulate_images, truth_arrays
-from cryoclass.simulation.params import SimulationParams, add_arguments, params_from_args
-from cryoclass.simulation.plan import JUNK_TYPES
+from cryoclass.simulation.dataset import (
+    render_clean_projections,
+    simulate_dataset,
+    simulate_images,
+    simulator_from_truth,
+    truth_arrays,
+)
+from cryoclass.simulation.params import (
+    JUNK_TYPES,
+    PRESETS,
+    SimulationParams,
+    add_arguments,
+    params_from_args,
+    params_from_dict,
+)
 
 __all__ = [
     "JUNK_TYPES",
+    "PRESETS",
     "SimulationParams",
     "add_arguments",
     "params_from_args",
+    "params_from_dict",
+    "render_clean_projections",
     "simulate_dataset",
     "simulate_images",
+    "simulator_from_truth",
     "truth_arrays",
 ]

@@ -20,7 +20,7 @@ import numpy as np
 
 import cryoclass
 from cryoclass.simulation.engine import Simulator
-from cryoclass.simulation.params import SimulationParams
+from cryoclass.simulation.params import SimulationParams, params_from_dict
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,50 @@ def truth_arrays(sim: Simulator) -> dict[str, np.ndarray]:
         "noise_power": sim.noise_filter.astype(np.float64) ** 2,
         "species_names": np.array([p.name for p in sim.phantoms]),
     }
+
+
+def simulator_from_truth(truth_path) -> Simulator:
+    """Rebuild the phantoms and signal scale of a data set from its ``truth.h5``.
+
+    The phantoms do not depend on the seed, so the parameters stored in the truth file
+    (``params_json``) and its ``signal_scale`` give projections in exactly the units of
+    the data set; no per-row plan is drawn.
+
+    Examples
+    --------
+    >>> sim = simulator_from_truth("data/truth.h5")               # doctest: +SKIP
+    >>> img = sim.clean_projection(0, rotation)                    # doctest: +SKIP
+    """
+    import json
+
+    import h5py
+
+    with h5py.File(truth_path, "r") as h5:
+        params = params_from_dict(json.loads(h5.attrs["params_json"]))
+        scale = float(h5.attrs["signal_scale"])
+    return Simulator(params, plan=False, scale=scale)
+
+
+def render_clean_projections(truth_path, species, rotation, psi_deg=None) -> np.ndarray:
+    """Clean (CTF-free, noise-free) projections of a simulated data set at any rotations.
+
+    Parameters
+    ----------
+    truth_path : path-like
+        ``truth.h5`` written by :func:`simulate_dataset`.
+    species : int or ndarray (m,)
+        Species of each projection.
+    rotation : ndarray (m, 3, 3) or (3, 3)
+        View rotations ``R_v`` (object -> image frame; the projection is along z).
+    psi_deg : ndarray (m,), optional
+        In-plane angles (counter-clockwise), applied as ``Rz(psi) @ R_v``; default 0.
+
+    Returns
+    -------
+    ndarray (m, n, n) float32
+        ``c · P`` in the units of ``truth.h5:/clean_projections`` (t = 0, no CTF).
+    """
+    return simulator_from_truth(truth_path).clean_projection(species, rotation, psi_deg)
 
 
 def simulate_images(

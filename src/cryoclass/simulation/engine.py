@@ -21,10 +21,9 @@ import logging
 import numpy as np
 
 from cryoclass.simulation import render
-from cryoclass.simulation.params import SimulationParams
+from cryoclass.simulation.params import DEFAULT_JUNK_TYPES, JUNK_TYPES, SimulationParams
 from cryoclass.simulation.phantoms import Phantom, make_phantoms
 from cryoclass.simulation.plan import (
-    JUNK_TYPES,
     STREAM_CALIBRATION,
     STREAM_JUNK,
     STREAM_NOISE,
@@ -55,12 +54,15 @@ N_REPRESENTATIVE_VIEWS = 12
 _OFF = JUNK_TYPES.index("off_centre")
 _ICE = JUNK_TYPES.index("ice_gradient")
 _AGG = JUNK_TYPES.index("aggregate")
+_BROKEN = JUNK_TYPES.index("broken")
+#: Fraction of a phantom's atoms kept in a broken particle (uniform in this range).
+BROKEN_KEEP_RANGE = (0.33, 0.6)
 
 
 @functools.lru_cache(maxsize=8)
 def _phantoms(n_species: int, diameter_A: float, box_A: float, pixel_size_A: float,
-              filament: bool) -> tuple[Phantom, ...]:
-    return tuple(make_phantoms(n_species, diameter_A, box_A, pixel_size_A, filament))
+              filament: bool, designs: tuple[str, ...] | None) -> tuple[Phantom, ...]:
+    return tuple(make_phantoms(n_species, diameter_A, box_A, pixel_size_A, filament, designs))
 
 
 def _image_key(params: SimulationParams) -> SimulationParams:
@@ -70,7 +72,8 @@ def _image_key(params: SimulationParams) -> SimulationParams:
     selection and the signal-scale calibration.
     """
     return dataclasses.replace(params, n_particles=1, chunk=1, junk_fraction=0.0,
-                               duplicate_fraction=0.0, particles_per_micrograph=1, snr=1.0)
+                               junk_types=DEFAULT_JUNK_TYPES, duplicate_fraction=0.0,
+                               particles_per_micrograph=1, snr=1.0)
 
 
 _VIEW_CACHE: dict[SimulationParams, list[np.ndarray]] = {}
@@ -116,20 +119,24 @@ class Simulator:
         The data set definition.
     plan : bool
         Draw the per-row plan (set False for calibration-only use).
+    scale : float, optional
+        The global signal scale, when known (e.g. from a truth file); default: calibrated
+        from the parameters on first use.
     """
 
-    def __init__(self, params: SimulationParams, plan: bool = True) -> None:
+    def __init__(self, params: SimulationParams, plan: bool = True,
+                 scale: float | None = None) -> None:
         self.params = params
         self.n = params.box_px
         self.phantoms = _phantoms(params.n_species, params.diameter_A,
                                   params.box_px * params.pixel_size_A, params.pixel_size_A,
-                                  params.include_filament)
+                                  params.include_filament, params.phantoms)
         self.is_filament = [p.is_filament for p in self.phantoms]
         self.views = _cached_views(self, _image_key(params))
         self.noise_filter = render.noise_filter(self.n, params.pixel_size_A,
                                                 params.noise_corner_A, params.noise_floor)
         self.plan: Plan | None = make_plan(params, self.views, self.is_filament) if plan else None
-        self._scale: float | None = None
+        self._scale: float | None = None if scale is None else float(scale)
         self._noise_cache: tuple[int, np.ndarray] | None = None
 
     # -- pieces -------------------------------------------------------------------
@@ -191,11 +198,50 @@ class Simulator:
                                    np.zeros((n_sp * n_v, 2)))
         return (proj * np.float32(self.scale)).reshape(n_sp, n_v, self.n, self.n), rots_a
 
+    def clean_projection(self, species, rotation, psi_deg=None) -> np.ndarray:
+        """Scaled, CTF-free projections (m, n, n) at any view rotations, t = 0.
+
+        The same units as the signal in the images before the CTF (and as
+        ``truth.h5:/clean_projections``): ``c · P`` of species ``species[i]`` under the full
+        rotation ``Rz(psi_deg[i]) @ rotation[i]`` (psi 0 when not given).
+        """
+        rotation = np.asarray(rotation, dtype=np.float64).reshape(-1, 3, 3)
+        m = rotation.shape[0]
+        species = np.broadcast_to(np.asarray(species, dtype=np.int64), (m,))
+        psi = np.zeros(m) if psi_deg is None else np.broadcast_to(
+            np.asarray(psi_deg, dtype=np.float64), (m,))
+        return self.render_species(species, rotation, psi, np.zeros((m, 2))) * np.float32(
+            self.scale)
+
+    def _broken_signal(self, rng: np.random.Generator) -> np.ndarray:
+        """Unscaled, CTF-free fragment (n, n): the atoms on one side of a random plane.
+
+        A random species loses the atoms beyond a plane of random normal that keeps a
+        fraction in :data:`BROKEN_KEEP_RANGE`; the fragment is re-centred on its own centre
+        of mass (as a picker would centre it), then viewed at a random SO(3) rotation
+        (flat-lying for a filament), a random psi and a shift of the real particles' spread.
+        """
+        p = self.params
+        ph = self.phantoms[int(rng.integers(0, p.n_species))]
+        u = rng.standard_normal(3)
+        u /= np.linalg.norm(u)
+        side = ph.coords_A @ u
+        keep = side <= np.quantile(side, rng.uniform(*BROKEN_KEEP_RANGE))
+        coords = ph.coords_A[keep] - ph.coords_A[keep].mean(axis=0)
+        rot = (random_filament_rotations if ph.is_filament else random_rotations)(rng, 1)
+        full = rot_z(np.deg2rad(rng.uniform(0.0, 360.0, 1))) @ rot
+        sig = p.shift_sigma_px
+        shift = np.clip(rng.standard_normal((1, 2)) * sig, -3 * sig, 3 * sig)
+        return render.project(coords, full, shift, ph.sigma_A[keep], ph.weight[keep], self.n,
+                              p.pixel_size_A)[0]
+
     def _junk_signal(self, row: int, code: int) -> np.ndarray:
-        """Unscaled, CTF-free signal (n, n) of an aggregate junk row."""
+        """Unscaled, CTF-free signal (n, n) of an aggregate or broken junk row."""
         p, n = self.params, self.n
         rng = rng_for(p.seed, STREAM_JUNK, row)
         diam_px = p.particle_diameter_px
+        if code == _BROKEN:
+            return self._broken_signal(rng)
         if code != _AGG:
             return np.zeros((n, n), dtype=np.float32)
         if rng.random() < 0.7:  # 2-4 overlapping particles
@@ -299,7 +345,7 @@ class Simulator:
             r = rows[sel]
             signal[sel] = self.render_species(src[sel], pl.rotation[r], pl.psi_deg[r],
                                               pl.shift_px[r])
-        for j in np.nonzero(code == _AGG)[0]:
+        for j in np.nonzero((code == _AGG) | (code == _BROKEN))[0]:
             signal[j] = self._junk_signal(int(rows[j]), int(code[j]))
         signal *= np.float32(self.scale)
         clean = self.ctf_modulate(signal, pl.defocus_u_A[rows], pl.defocus_v_A[rows],

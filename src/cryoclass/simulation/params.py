@@ -19,6 +19,37 @@ from cryoclass.errors import InputError
 
 #: Fraction of the box (in Å) used as the particle diameter when none is given.
 DEFAULT_DIAMETER_FRACTION = 0.55
+#: Junk categories (truth ``junk_type``), in code order; real particles have ``""``.
+JUNK_TYPES = ("noise", "ice_gradient", "off_centre", "aggregate", "broken")
+#: The junk mix when none is chosen (the four original kinds, equally likely).
+DEFAULT_JUNK_TYPES = ("noise", "ice_gradient", "off_centre", "aggregate")
+#: Phantom designs by name (species k gets the k-th name; see :mod:`.phantoms`).
+PHANTOM_DESIGNS = ("tri_domain", "dumbbell_knob", "four_lobe", "arc_knob", "asym_five")
+
+#: Named parameter sets (``--preset NAME``); explicit flags override them.
+#: ``hard``: the accuracy benchmark of ``docs/accuracy.md`` (issue 11): one asymmetric
+#: species of 170 Å in a 64 px box at 4 Å/px (66% of the box), continuous uniformly random
+#: 3D views, SNR 0.05, 20% junk of three kinds, 2% duplicate picks, astigmatic CTF.
+PRESETS: dict[str, dict] = {
+    "hard": {
+        "n_particles": 4000,
+        "box_px": 64,
+        "pixel_size_A": 4.0,
+        "particle_diameter_A": 170.0,
+        "n_species": 1,
+        "phantoms": ("asym_five",),
+        "views_per_species": 0,
+        "snr": 0.05,
+        "junk_fraction": 0.2,
+        "junk_types": ("noise", "off_centre", "broken"),
+        "off_centre_range": (0.4, 0.5),
+        "off_centre_edge": True,
+        "duplicate_fraction": 0.02,
+        "shift_sigma_px": 2.0,
+        "defocus_range_A": (10000.0, 25000.0),
+        "astig_max_A": 1000.0,
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -37,6 +68,9 @@ class SimulationParams:
         Largest extent of the globular phantoms in Å; ``None`` = 0.55 of the box in Å.
     n_species : int
         Number of distinct particle species (the filament included when requested).
+    phantoms : tuple of str or None
+        Design name of each globular species (from :data:`PHANTOM_DESIGNS`, or
+        ``procedural_<i>``); ``None`` = the library in order (tri_domain, dumbbell_knob, ...).
     species_fractions : tuple of float or None
         Relative abundance of each species (normalised); ``None`` = equal.
     include_filament : bool
@@ -47,7 +81,16 @@ class SimulationParams:
         Mean (over real particles) CTF-modulated signal variance over the box divided by
         the noise variance.
     junk_fraction : float
-        Fraction of the rows that are junk (pure noise, ice gradient, off-centre, aggregate).
+        Fraction of the rows that are junk.
+    junk_types : tuple of str
+        Kinds of junk, equally likely (:data:`JUNK_TYPES`); default the four original
+        kinds (noise, ice_gradient, off_centre, aggregate).
+    off_centre_range : tuple of float
+        Distance of an off-centre junk particle's centre from the box centre, uniform in
+        this range (fractions of the box).
+    off_centre_edge : bool
+        Measure that distance in the max-norm (``max(|x|, |y|)``), so every off-centre
+        particle sits near an edge and crosses it; default the Euclidean distance.
     duplicate_fraction : float
         Fraction of the physical (non-junk) particles that are picked a second time.
     shift_sigma_px : float
@@ -79,11 +122,15 @@ class SimulationParams:
     pixel_size_A: float = 3.0
     particle_diameter_A: float | None = None
     n_species: int = 3
+    phantoms: tuple[str, ...] | None = None
     species_fractions: tuple[float, ...] | None = None
     include_filament: bool = False
     views_per_species: int = 3
     snr: float = 0.05
     junk_fraction: float = 0.2
+    junk_types: tuple[str, ...] = DEFAULT_JUNK_TYPES
+    off_centre_range: tuple[float, float] = (0.35, 0.45)
+    off_centre_edge: bool = False
     duplicate_fraction: float = 0.05
     shift_sigma_px: float = 2.0
     defocus_range_A: tuple[float, float] = (10000.0, 25000.0)
@@ -104,10 +151,20 @@ class SimulationParams:
         object.__setattr__(
             self, "defocus_range_A", tuple(float(v) for v in self.defocus_range_A)
         )
+        object.__setattr__(
+            self, "off_centre_range", tuple(float(v) for v in self.off_centre_range)
+        )
         if self.species_fractions is not None:
             object.__setattr__(
                 self, "species_fractions", tuple(float(v) for v in self.species_fractions)
             )
+        if isinstance(self.junk_types, str):
+            object.__setattr__(self, "junk_types", _names(self.junk_types))
+        object.__setattr__(self, "junk_types", tuple(self.junk_types))
+        if isinstance(self.phantoms, str):
+            object.__setattr__(self, "phantoms", _names(self.phantoms))
+        if self.phantoms is not None:
+            object.__setattr__(self, "phantoms", tuple(self.phantoms))
         self.validate()
 
     # -- derived quantities -------------------------------------------------------
@@ -138,8 +195,12 @@ class SimulationParams:
         """Plain-JSON dictionary of all fields (the derived diameter included)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["defocus_range_A"] = list(self.defocus_range_A)
+        d["off_centre_range"] = list(self.off_centre_range)
         if self.species_fractions is not None:
             d["species_fractions"] = list(self.species_fractions)
+        if self.phantoms is not None:
+            d["phantoms"] = list(self.phantoms)
+        d["junk_types"] = list(self.junk_types)
         d["diameter_A_resolved"] = self.diameter_A
         return d
 
@@ -184,6 +245,25 @@ class SimulationParams:
                 bad(f"species fractions has {len(fr)} values for {self.n_species} species")
             if any((not math.isfinite(v)) or v < 0 for v in fr) or sum(fr) <= 0:
                 bad(f"species fractions must be >= 0 with a positive sum, got {list(fr)}")
+        if self.phantoms is not None:
+            n_glob = self.n_species - (1 if self.include_filament else 0)
+            if len(self.phantoms) != n_glob:
+                bad(f"phantoms names {len(self.phantoms)} designs for {n_glob} globular "
+                    f"species")
+            for name in self.phantoms:
+                if name not in PHANTOM_DESIGNS and not _is_procedural(name):
+                    bad(f"unknown phantom {name!r}; choose from {', '.join(PHANTOM_DESIGNS)} "
+                        f"or procedural_<i>")
+        if not self.junk_types:
+            bad("junk types must name at least one kind")
+        for name in self.junk_types:
+            if name not in JUNK_TYPES:
+                bad(f"unknown junk type {name!r}; choose from {', '.join(JUNK_TYPES)}")
+        oc = self.off_centre_range
+        if len(oc) != 2 or not all(math.isfinite(v) for v in oc) or not 0 <= oc[0] <= oc[1] <= 1:
+            bad(f"off-centre range must satisfy 0 <= min <= max <= 1 (box), got {list(oc)}")
+        if len(set(self.junk_types)) != len(self.junk_types):
+            bad(f"junk types repeat a kind: {list(self.junk_types)}")
         if self.views_per_species < 0:
             bad(f"views per species must be >= 0 (0 = random), got {self.views_per_species}")
         if finite("snr") <= 0:
@@ -225,6 +305,17 @@ class SimulationParams:
             bad(f"chunk must be >= 1, got {self.chunk}")
 
 
+def _is_procedural(name: str) -> bool:
+    """Tell whether ``name`` is ``procedural_<i>`` with an integer ``i >= 0``."""
+    head, _, tail = name.partition("_")
+    return head == "procedural" and tail.isdigit()
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """Parse ``"a,b,c"`` (or space separated) into names."""
+    return tuple(v for v in text.replace(",", " ").split() if v)
+
+
 def _floats(text: str) -> tuple[float, ...]:
     """Parse ``"a,b,c"`` (or space separated) into floats for argparse."""
     try:
@@ -245,6 +336,9 @@ _VALUE_FLAGS: tuple[tuple[str, str, object, str, str], ...] = (
      "number of species, the filament included (default %(default)s)"),
     ("--species-fractions", "species_fractions", _floats, "F1,F2,...",
      "relative abundance per species, e.g. 0.5,0.3,0.2 (default: equal)"),
+    ("--phantoms", "phantoms", _names, "NAME,...",
+     "design of each globular species, from " + ", ".join(PHANTOM_DESIGNS)
+     + " or procedural_<i> (default: the library in order)"),
     ("--views-per-species", "views_per_species", int, "V",
      "discrete out-of-plane views per species; 0 = uniformly random 3D orientations "
      "(default %(default)s)"),
@@ -252,6 +346,12 @@ _VALUE_FLAGS: tuple[tuple[str, str, object, str, str], ...] = (
      "signal variance / noise variance over the box, > 0 (default %(default)s)"),
     ("--junk", "junk_fraction", float, "FRACTION",
      "fraction of junk images, in [0, 1) (default %(default)s)"),
+    ("--junk-types", "junk_types", _names, "KIND,...",
+     "junk kinds, equally likely, from " + ", ".join(JUNK_TYPES)
+     + " (default noise,ice_gradient,off_centre,aggregate)"),
+    ("--off-centre-range", "off_centre_range", _floats, "MIN,MAX",
+     "distance of off-centre junk from the box centre, fractions of the box "
+     "(default %(default)s)"),
     ("--duplicates", "duplicate_fraction", float, "FRACTION",
      "fraction of real particles picked twice, in [0, 1) (default %(default)s)"),
     ("--shift-sigma", "shift_sigma_px", float, "PX",
@@ -280,32 +380,57 @@ _VALUE_FLAGS: tuple[tuple[str, str, object, str, str], ...] = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per :class:`SimulationParams` field to ``parser``.
+    """Add ``--preset`` and one flag per :class:`SimulationParams` field to ``parser``.
 
-    The caller adds the output directory; :func:`params_from_args` turns the parsed
-    namespace into validated parameters.
+    Flags left out do not appear in the namespace (``argparse.SUPPRESS``), so that
+    :func:`params_from_args` can tell a preset's value from an explicit flag. The caller
+    adds the output directory.
     """
     fields = SimulationParams.__dataclass_fields__
     g = parser.add_argument_group("simulation")
+    g.add_argument("--preset", choices=sorted(PRESETS), default=argparse.SUPPRESS,
+                   help="start from a named parameter set; explicit flags override it "
+                        "(hard: the accuracy benchmark, see docs/accuracy.md)")
     for flag, name, typ, metavar, text in _VALUE_FLAGS:
-        g.add_argument(flag, dest=name, type=typ, metavar=metavar,
-                       default=fields[name].default, help=text)
+        default = fields[name].default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        g.add_argument(flag, dest=name, type=typ, metavar=metavar, default=argparse.SUPPRESS,
+                       help=text.replace("%(default)s", str(shown)))
     g.add_argument("--filament", dest="include_filament", action="store_true",
+                   default=argparse.SUPPRESS,
                    help="make the last species a helical filament (default off)")
-    g.add_argument("--no-ctf", dest="ctf", action="store_false",
+    g.add_argument("--off-centre-edge", dest="off_centre_edge", action="store_true",
+                   default=argparse.SUPPRESS,
+                   help="off-centre distance in the max-norm: every off-centre particle "
+                        "crosses a box edge (default: Euclidean distance)")
+    g.add_argument("--no-ctf", dest="ctf", action="store_false", default=argparse.SUPPRESS,
                    help="no CTF: images without CTF, STAR gets Q=1, defocus 0, Cs 0")
 
 
 def params_from_args(ns: argparse.Namespace) -> SimulationParams:
     """Build validated :class:`SimulationParams` from a namespace of :func:`add_arguments`.
 
+    Values come from, in order of precedence: the flags given, the ``--preset``, the
+    dataclass defaults.
+
     Raises
     ------
     InputError
         For any value out of range.
     """
-    kwargs = {}
+    kwargs = dict(PRESETS[ns.preset]) if getattr(ns, "preset", None) else {}
     for f in dataclasses.fields(SimulationParams):
         if hasattr(ns, f.name):
             kwargs[f.name] = getattr(ns, f.name)
+    return SimulationParams(**kwargs)
+
+
+def params_from_dict(d: dict) -> SimulationParams:
+    """Rebuild :class:`SimulationParams` from :meth:`SimulationParams.to_dict` output.
+
+    Keys that are not fields (``diameter_A_resolved``) are ignored and missing ones
+    (truth files of older versions) take their defaults, so old ``truth.h5`` files load.
+    """
+    names = {f.name for f in dataclasses.fields(SimulationParams)}
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
     return SimulationParams(**kwargs)

@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 ATOM_DENSITY = 18000.0
 #: Atom width as a fraction of the particle diameter (raised to >= 1 px when rendered).
 ATOM_SIGMA_FRACTION = 0.022
+#: Atom density and width of the dense named designs (``asym_five``).
+DENSE_ATOM_DENSITY = 45000.0
+DENSE_SIGMA_FRACTION = 0.028
 #: Atoms per helix-like rod and their spacing (units of the diameter).
 ROD_ATOMS = 10
 ROD_SPACING = 0.018
@@ -66,6 +69,25 @@ _DESIGNS: dict[str, dict] = {
         "domains": [((0.24, -0.05, 0.05), (0.10, 0.09, 0.11))],
         "linkers": [],
     },
+}
+
+
+# Designs chosen by name only (``SimulationParams.phantoms``), each with its own seed, so
+# that the numbered library above (and ``procedural_k``) stays unchanged.
+_NAMED_DESIGNS: dict[str, tuple[int, dict]] = {
+    # The hard benchmark's particle: five unequal domains, not coplanar, no symmetry, so
+    # views from different directions differ clearly (docs/accuracy.md measures it).
+    # Denser and wider atoms than the library: smoother, protein-like domains at 4 Å/px.
+    "asym_five": (1000, {
+        "domains": [((-0.05, 0.02, 0.00), (0.12, 0.10, 0.09)),
+                    ((0.22, 0.10, -0.02), (0.11, 0.08, 0.09)),
+                    ((-0.22, 0.18, 0.06), (0.09, 0.08, 0.07)),
+                    ((0.02, -0.22, 0.12), (0.10, 0.07, 0.08)),
+                    ((0.08, 0.02, -0.24), (0.06, 0.05, 0.07))],
+        "linkers": [],
+        "density": DENSE_ATOM_DENSITY,
+        "sigma_fraction": DENSE_SIGMA_FRACTION,
+    }),
 }
 
 
@@ -118,7 +140,8 @@ def _uniform_ball(rng, n: int) -> np.ndarray:
     return u * rng.uniform(0.0, 1.0, (n, 1)) ** (1.0 / 3.0)
 
 
-def _fill_ellipsoid(rng, centre, semi_axes, rods: bool = True) -> np.ndarray:
+def _fill_ellipsoid(rng, centre, semi_axes, rods: bool = True,
+                    density: float = ATOM_DENSITY) -> np.ndarray:
     """Atoms inside a randomly oriented ellipsoid, count set by the density.
 
     With ``rods``, atoms come in short straight runs (helix-like rods of
@@ -126,7 +149,7 @@ def _fill_ellipsoid(rng, centre, semi_axes, rods: bool = True) -> np.ndarray:
     are uniform in the ellipsoid: projections then have protein-like internal texture.
     """
     a = np.asarray(semi_axes, dtype=float)
-    n = max(4, int(round(ATOM_DENSITY * 4.0 / 3.0 * np.pi * np.prod(a))))
+    n = max(4, int(round(density * 4.0 / 3.0 * np.pi * np.prod(a))))
     if not rods:
         pts = _uniform_ball(rng, n) * a
     else:
@@ -139,12 +162,12 @@ def _fill_ellipsoid(rng, centre, semi_axes, rods: bool = True) -> np.ndarray:
     return pts @ _random_rotation(rng).T + np.asarray(centre, dtype=float)
 
 
-def _fill_rod(rng, start, end, radius) -> np.ndarray:
+def _fill_rod(rng, start, end, radius, density: float = ATOM_DENSITY) -> np.ndarray:
     """Atoms uniform inside a cylinder from ``start`` to ``end``."""
     p0, p1 = np.asarray(start, float), np.asarray(end, float)
     axis = p1 - p0
     length = float(np.linalg.norm(axis))
-    n = max(3, int(round(ATOM_DENSITY * np.pi * radius**2 * length)))
+    n = max(3, int(round(density * np.pi * radius**2 * length)))
     t = rng.uniform(0.0, 1.0, (n, 1))
     # two unit vectors orthogonal to the axis
     e = axis / length
@@ -202,13 +225,37 @@ def globular_phantom(index: int, diameter_A: float) -> Phantom:
         name, design = names[index], _DESIGNS[names[index]]
     else:
         name, design = f"procedural_{index}", _random_design(rng)
-    parts = [_fill_ellipsoid(rng, c, a) for c, a in design["domains"]]
-    parts += [_fill_rod(rng, s, e, r) for s, e, r in design["linkers"]]
+    return _build(name, design, rng, diameter_A)
+
+
+def named_phantom(name: str, diameter_A: float) -> Phantom:
+    """Globular phantom by design name (library, ``asym_five`` or ``procedural_<i>``)."""
+    if name in _NAMED_DESIGNS:
+        index, design = _NAMED_DESIGNS[name]
+        return _build(name, design, np.random.default_rng([_PHANTOM_SEED, index]), diameter_A)
+    if name in _DESIGNS:
+        return globular_phantom(list(_DESIGNS).index(name), diameter_A)
+    if name.startswith("procedural_") and name[len("procedural_"):].isdigit():
+        return globular_phantom(int(name[len("procedural_"):]), diameter_A)
+    raise ValueError(f"unknown phantom design {name!r}")
+
+
+def _build(name: str, design: dict, rng: np.random.Generator, diameter_A: float) -> Phantom:
+    """Fill a design's domains, linkers and arc with atoms; centre and scale to ``diameter_A``.
+
+    A design may set its own ``density`` (atoms per D³) and ``sigma_fraction`` (atom
+    width / D); the numbered library uses :data:`ATOM_DENSITY` and
+    :data:`ATOM_SIGMA_FRACTION`.
+    """
+    density = design.get("density", ATOM_DENSITY)
+    sigma_fraction = design.get("sigma_fraction", ATOM_SIGMA_FRACTION)
+    parts = [_fill_ellipsoid(rng, c, a, density=density) for c, a in design["domains"]]
+    parts += [_fill_rod(rng, s, e, r, density=density) for s, e, r in design["linkers"]]
     if "arc" in design:
         parts.append(_fill_arc(rng, *design["arc"]))
     coords = np.concatenate(parts, axis=0)
-    sigma = ATOM_SIGMA_FRACTION * diameter_A
-    coords_A = _normalise(coords, ATOM_SIGMA_FRACTION, 1.0) * diameter_A
+    sigma = sigma_fraction * diameter_A
+    coords_A = _normalise(coords, sigma_fraction, 1.0) * diameter_A
     n = coords_A.shape[0]
     return Phantom(name, coords_A, np.full(n, sigma), np.ones(n))
 
@@ -248,6 +295,7 @@ def make_phantoms(
     box_A: float,
     pixel_size_A: float,
     include_filament: bool = False,
+    designs: tuple[str, ...] | None = None,
 ) -> list[Phantom]:
     """Phantoms of all species; the filament (if any) is the last one.
 
@@ -266,9 +314,15 @@ def make_phantoms(
         Pixel size in Å (sets the minimum atom width).
     include_filament : bool
         Make the last species the filament.
+    designs : tuple of str, optional
+        Design name of each globular species (see :func:`named_phantom`); default the
+        numbered library in order.
     """
     n_glob = n_species - 1 if include_filament else n_species
-    out = [globular_phantom(i, diameter_A) for i in range(n_glob)]
+    if designs is None:
+        out = [globular_phantom(i, diameter_A) for i in range(n_glob)]
+    else:
+        out = [named_phantom(name, diameter_A) for name in designs[:n_glob]]
     if include_filament:
         out.append(filament_phantom(diameter_A, 0.9 * box_A))
     final = []

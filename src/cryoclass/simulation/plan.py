@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cryoclass.simulation.params import SimulationParams
+from cryoclass.simulation.params import JUNK_TYPES, SimulationParams
 from cryoclass.simulation.views import (
     candidate_views,
     random_filament_rotations,
@@ -35,10 +35,6 @@ STREAM_NOISE = 3
 STREAM_JUNK = 4
 STREAM_CALIBRATION = 5
 
-#: Junk categories (truth ``junk_type``); real particles have ``""``.
-JUNK_TYPES = ("noise", "ice_gradient", "off_centre", "aggregate")
-#: Range of the off-centre junk offset, as a fraction of the box.
-OFF_CENTRE_RANGE = (0.35, 0.45)
 #: Distance between the picks of a duplicate and its original (Å).
 DUPLICATE_DISTANCE_A = (20.0, 60.0)
 
@@ -163,7 +159,7 @@ def _layout(params: SimulationParams) -> tuple[int, int, float, int]:
     """
     box = params.box_px
     gap = (params.particle_diameter_px + 6.0 * params.shift_sigma_px
-           + OFF_CENTRE_RANGE[1] * box)
+           + params.off_centre_range[1] * box)
     cell = 1.5 * gap
     edge = box // 2 + int(math.ceil(DUPLICATE_DISTANCE_A[1] / params.pixel_size_A)) + 2
     g = int((params.micrograph_size_px - 2 * edge) // cell)
@@ -198,7 +194,9 @@ def make_plan(params: SimulationParams, views: list[np.ndarray],
     species = poses.species.copy()
     source = poses.species.copy()
     junk_code = np.full(n_obj, -1, dtype=np.int8)
-    junk_code[n_orig:] = rng.integers(0, len(JUNK_TYPES), n_junk)
+    # the chosen kinds, equally likely (the default four give the original draws)
+    kinds = np.array([JUNK_TYPES.index(t) for t in params.junk_types], dtype=np.int8)
+    junk_code[n_orig:] = kinds[rng.integers(0, kinds.size, n_junk)]
     species[n_orig:] = -1
     off = junk_code == JUNK_TYPES.index("off_centre")
     other_junk = (junk_code >= 0) & ~off
@@ -212,9 +210,12 @@ def make_plan(params: SimulationParams, views: list[np.ndarray],
     shift = poses.shift_px
     shift[other_junk] = 0.0
     n_off = int(off.sum())
-    rad = rng.uniform(*OFF_CENTRE_RANGE, n_off) * params.box_px
+    rad = rng.uniform(*params.off_centre_range, n_off) * params.box_px
     ang = rng.uniform(0.0, 2 * np.pi, n_off)
-    shift[off] = np.stack([rad * np.cos(ang), rad * np.sin(ang)], axis=1)
+    unit = np.stack([np.cos(ang), np.sin(ang)], axis=1)
+    if params.off_centre_edge:  # distance in the max-norm: the centre lies near an edge
+        unit /= np.abs(unit).max(axis=1, keepdims=True)
+    shift[off] = rad[:, None] * unit
 
     # micrographs: shuffled objects, groups of per_mic, distinct jittered grid cells
     g, per_mic, cell, edge = _layout(params)
