@@ -31,11 +31,9 @@ install: $(STAMP)
 
 demo: install
 	rm -rf demo_data demo_run
-	$(VENV)/bin/cryoclass simulate demo_data --n 2400 --box 64 --pixel-size 3.0 --species 3 \
-		--views-per-species 2 --snr 0.1 --junk 0.2 --duplicates 0.05 --seed 1
+	$(VENV)/bin/cryoclass simulate demo_data --preset hard --n 2400 --snr 0.08 --seed 1
 	$(MPIEXEC) -n $(RANKS) $(VENV)/bin/cryoclass classify demo_data/particles.star \
-		--out demo_run --classes 12 --max-res 8 --online-iters 15 --batch-per-class 80 \
-		--mask-diameter 130 --set classify.anneal_iters=10
+		--out demo_run --classes 10 --particle-diameter 170 --online-iters 15 --batch-per-class 80
 	@echo
 	@echo "Accuracy against the simulator's truth (demo_data/truth.h5):"
 	$(VENV)/bin/cryoclass evaluate demo_data/truth.h5 demo_run/particles.star
