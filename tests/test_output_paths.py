@@ -23,13 +23,7 @@ from cryoclass.io.paths import h5_output, on_root, output_error, prepare_output_
 from cryoclass.io.star import write_star
 from cryoclass.parallel.comm import Comm
 from cryoclass.simulate import SimulationParams, simulate_dataset
-
-BIN = Path(sys.executable).parent
-MPIEXEC = BIN / "mpiexec"
-SRC = Path(__file__).resolve().parents[1] / "src"
-FAST = ["--classes", "4", "--max-res", "12", "--online-iters", "3", "--batch-per-class",
-        "30", "--psi-step", "10", "--set", "classify.anneal_iters=1", "--no-plots",
-        "--no-progress"]
+from run_fixtures import FAST, MPIEXEC, SRC
 
 
 def env():

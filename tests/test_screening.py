@@ -24,13 +24,8 @@ from cryoclass.io.star import read_star
 from cryoclass.numerics.screen import constant_images
 from cryoclass.screening import MAX_CONSTANT_FRACTION
 from cryoclass.simulate import SimulationParams, simulate_dataset
+from run_fixtures import FAST, MPIEXEC, SRC
 
-BIN = Path(sys.executable).parent
-MPIEXEC = BIN / "mpiexec"
-SRC = Path(__file__).resolve().parents[1] / "src"
-FAST = ["--classes", "4", "--max-res", "12", "--online-iters", "3", "--batch-per-class",
-        "30", "--psi-step", "10", "--set", "classify.anneal_iters=1", "--no-plots",
-        "--no-progress"]
 CONSTANT_ROWS = (3, 100, 239)  # 0-based; 239 is the last row (the last rank's slice)
 
 

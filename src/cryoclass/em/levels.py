@@ -109,8 +109,7 @@ def make_level(geom: Geometry, res_A: float, bp_res_A: float | None = None) -> L
     :func:`cryoclass.em.schedule.backprojection_resolution`); None = up to ``max_res_A``.
     """
     m, p = geom.work_box, geom.work_pixel_A
-    res = float(min(max(res_A, geom.max_align_res_A), coarsest_resolution(geom)))
-    res = max(res, geom.max_align_res_A)
+    res = float(max(min(res_A, coarsest_resolution(geom)), geom.max_align_res_A))
     radius = m * p / res
     r = np.hypot(geom.ky, geom.kx)
     coeffs = np.flatnonzero(r <= radius + 1e-9)

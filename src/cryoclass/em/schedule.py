@@ -86,12 +86,7 @@ def supported_resolution(frc, weights, shell_res_A) -> float:
     if w.sum() <= 0:
         return float("inf")
     curve = (w[:, None] * np.asarray(frc)).sum(axis=0) / w.sum()
-    return float(mstep_resolution(curve, shell_res_A))
-
-
-def mstep_resolution(curve, shell_res_A) -> float:
-    """FRC-0.5 resolution of one curve (inf when even the first shells fail)."""
-    return float(np.asarray(frc_resolution(curve[None], shell_res_A, FRC_SUPPORTED))[0])
+    return float(frc_resolution(curve[None], shell_res_A, FRC_SUPPORTED)[0])
 
 
 def next_resolution(current_A: float, frc, weights, geom: Geometry, cfg: Config) -> float:
