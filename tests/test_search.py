@@ -45,3 +45,64 @@ def test_coarse_to_fine_finds_the_exhaustive_best_pose():
     same = ((ex.cls == cf.cls) & (ex.psi_idx == cf.psi_idx)
             & np.all(np.abs(ex.shift_px - cf.shift_px) < 1e-6, axis=1))
     assert same.mean() >= 0.99, f"only {same.mean():.1%} identical best poses"
+
+
+def test_significant_keeps_the_largest_weights_that_hold_the_mass():
+    from cryoclass.numerics.search import significant
+
+    w = np.array([[0.05, 0.5, 0.0005, 0.3, 0.1495], [0.25, 0.25, 0.25, 0.25, 0.0]])
+    assert significant(w, 0.999).tolist() == [[True, True, False, True, True],
+                                              [True, True, True, True, False]]
+    assert significant(w, 0.8).tolist() == [[False, True, False, True, False],
+                                            [True, True, True, True, False]]  # ties kept
+    assert significant(w, 1.0, floor=0.01).tolist() == [[True, True, False, True, True],
+                                                        [True, True, True, True, False]]
+
+
+def test_marginal_backprojection_matches_a_loop_over_local_poses(monkeypatch):
+    """Force max off, coarse-to-fine: the folded, sorted, pruned backprojection is the sum
+    over every local pose of ``w CTF Y conj(S_t)`` into bin (half, class, psi)."""
+    from cryoclass.em.driver import chunk_ctf
+    from cryoclass.geometry import make_geometry
+    from cryoclass.numerics import search as search_mod
+    from cryoclass.numerics.estep import lattice_phases
+
+    table, _ = make_problem(n_per=8, snr=0.3, seed=2)
+    cfg = load_config(None, OPTS + ["classify.force_max=false"])
+    geom = make_geometry(table.box_px, 4.0, cfg)
+    shard = load_shard(table, geom, Comm(None), 0, np)
+    rng = np.random.default_rng(3)
+    classes = rng.standard_normal((3, geom.work_box, geom.work_box)) * 0.05
+    level = make_level(geom, 20.0)
+    rows = np.arange(shard.n_local)
+    y, ctf = shard.store.take(rows), chunk_ctf(shard, rows, geom, cfg, np)
+    s2 = np.full(geom.n_shells, 2.0)
+    ps = search_mod.PoseSearch(classes.astype(np.float32), s2, geom, level, False)
+    poses = ps.search(y, ctf)
+    half = shard.half
+    wloc, cand_t, cand_psi = poses.local
+    p, k, nb = cand_t.shape[:3]
+    n_psi = level.psi_rad.size
+    g = (ctf * y) * ps.inv_s2
+    num_ref = np.zeros((2 * k * n_psi, geom.n_coeffs), complex)
+    den_ref = np.zeros((2 * k * n_psi, geom.n_coeffs))
+    w_all = poses.class_post[:, :, None] * wloc  # (P, K, 27 nb): candidate, psi, shift
+    for i in range(p):
+        for c in range(k):
+            for j in range(27 * nb):
+                cb, dd, e = j // 27, (j % 27) // 9, j % 9
+                b = (half[i] * k + c) * n_psi + cand_psi[i, c, cb, dd]
+                ph = lattice_phases(ps.tx, ps.ty, cand_t[i, c, cb, e])
+                num_ref[b] += w_all[i, c, j] * g[i] * np.conj(ph)
+                den_ref[b] += w_all[i, c, j] * ctf[i] ** 2 * ps.inv_s2
+    for fraction, tol in ((1.0, 1e-4), (0.999, 2e-3)):
+        monkeypatch.setattr(search_mod, "SIGNIFICANT_MASS", fraction)
+        num = np.zeros_like(num_ref)
+        den = np.zeros_like(den_ref)
+        ps.backproject(num, den, y, ctf, poses, poses.class_post, half)
+        scale = np.abs(num_ref).max()
+        assert np.abs(num - num_ref).max() <= tol * scale, fraction
+        assert np.abs(den - den_ref).max() <= tol * den_ref.max(), fraction
+    kept = search_mod.significant(
+        (poses.class_post[:, :, None] * wloc).reshape(p, k, nb, 3, 9).sum(-1).reshape(p, -1))
+    assert kept.sum() < kept.size  # the default fraction prunes something here

@@ -181,6 +181,8 @@ def accumulate_force_max(num, den, g, ctf2, phases_full, post: Posteriors, half,
     if ii.size == 0:
         return
     bins = (half[ii] * k + kk) * n_psi + post.best_psi[ii, kk]
+    order = xp.argsort(bins, kind="stable")
+    ii, kk, bins = ii[order], kk[order], bins[order]
     accumulate_pairs(num, den, g, ctf2, ii, bins, phases_full[post.best_shift[ii, kk]],
                      weights[ii, kk])
 
@@ -192,16 +194,18 @@ def accumulate_pairs(num, den, g, ctf2, rows, bins, phase_rows, w, den_w=None):
 
     Parameters
     ----------
-    rows : int (n,) particle of each pair; bins : int (n,) target bin
+    rows : int (n,) particle of each pair
+    bins : int (n,) target bin of each pair, sorted ascending (the caller sorts the pairs
+        before it builds their phase rows, so no row array is permuted here)
     phase_rows : complex (n, M_f) the pair's shift phases S_t (or a weighted sum of them)
     w : real (n,) weights of the numerator rows
     den_w : real (n,), optional
         Weights of the denominator rows (default ``w``).
     """
     vals = g[rows] * (phase_rows.conj() * w[:, None])
-    _segment_add(num, bins, vals.astype(np.complex128))
+    _segment_add(num, bins, vals)
     dw = w if den_w is None else den_w
-    _segment_add(den, bins, (ctf2[rows] * dw[:, None]).astype(np.float64))
+    _segment_add(den, bins, ctf2[rows] * dw[:, None])
 
 
 def lattice_tables(ky, kx, n: int, step_px: float, reach: int, xp=np, dtype=np.complex64):
@@ -279,16 +283,24 @@ def refine_local(z, ctf2w, refs, tx, ty, ab_coarse, psi_coarse, sigma_t_steps: f
 
 
 def _segment_add(target, bins, rows):
-    """``target[bins[j]] += rows[j]`` for repeated bins (sort + cumulative sums)."""
+    """``target[bins[j]] += rows[j]`` for sorted, repeated bins; sums in ``target``'s dtype.
+
+    NumPy sums each run of equal bins with ``add.reduceat``; on a GPU the runs are
+    differences of one cumulative sum (in the target's precision).
+    """
     xp = array_namespace(rows)
-    order = xp.argsort(bins, kind="stable")
-    b = bins[order]
-    r = rows[order]
-    cs = xp.cumsum(r, axis=0)
-    last = xp.nonzero(xp.concatenate([b[1:] != b[:-1], xp.asarray([True])]))[0]
+    if rows.shape[0] == 0:
+        return
+    edge = xp.concatenate([xp.asarray([True]), bins[1:] != bins[:-1]])
+    first = xp.nonzero(edge)[0]
+    if xp is np:
+        target[bins[first]] += np.add.reduceat(rows, first, axis=0, dtype=target.dtype)
+        return
+    cs = xp.cumsum(rows.astype(target.dtype), axis=0)
+    last = xp.concatenate([first[1:] - 1, xp.asarray([rows.shape[0] - 1])])
     sums = cs[last]
     sums[1:] = sums[1:] - cs[last[:-1]]
-    target[b[last]] += sums
+    target[bins[first]] += sums
 
 
 def accumulate_marginal(num, den, g, ctf2, phases_full, post: Posteriors, half, weights):

@@ -23,11 +23,36 @@ from cryoclass.numerics.transforms import rotate_coefficients, shift_phases
 N_COARSE = 3
 #: Class weights below this are not backprojected.
 P_MIN = 1e-4
+#: Marginal backprojection: a particle's largest local pose weights holding this fraction
+#: of its mass are backprojected (RELION's adaptive fraction); the rest (<= 0.1%) are not.
+SIGNIFICANT_MASS = 0.999
 
 
 def gemm_flops(n_particles: int, n_shifts: int, n_coeffs: int, n_refs: int) -> float:
     """Floating-point operations of the cross and norm GEMMs of :func:`estep.pose_loglik`."""
     return 2.0 * n_particles * (n_shifts * 2 * n_coeffs + n_coeffs) * n_refs
+
+
+def significant(w, fraction: float | None = None, floor: float = P_MIN):
+    """Mask of the largest weights of each row that hold ``fraction`` of its mass.
+
+    Parameters
+    ----------
+    w : real (P, n) non-negative weights (a particle's pose-and-class weights)
+
+    Returns
+    -------
+    bool (P, n): the fewest weights, largest first, whose sum reaches ``fraction`` of the
+    row's sum (ties at the smallest kept value are all kept), and above ``floor``.
+    ``fraction`` defaults to :data:`SIGNIFICANT_MASS`.
+    """
+    xp = array_namespace(w)
+    fraction = SIGNIFICANT_MASS if fraction is None else fraction
+    srt = -xp.sort(-w, axis=1)
+    cs = xp.cumsum(srt, axis=1)
+    need = (cs - srt < fraction * cs[:, -1:]).sum(axis=1)  # weights before the mass is held
+    thr = xp.take_along_axis(srt, xp.maximum(need - 1, 0)[:, None], axis=1)
+    return (w >= thr) & (w > floor)
 
 
 @dataclass
@@ -205,6 +230,8 @@ class PoseSearch:
             ii, kc = xp.nonzero(weights > P_MIN)
             if ii.size:
                 bins = (half[ii] * k + kc) * n_psi + poses.psi[ii, kc]
+                order = xp.argsort(bins, kind="stable")
+                ii, kc, bins = ii[order], kc[order], bins[order]
                 estep.accumulate_pairs(num_bins, den_bins, g, ctf2, ii, bins,
                                        estep.lattice_phases(self.tx_b, self.ty_b,
                                                             poses.shift[ii, kc]),
@@ -216,9 +243,11 @@ class PoseSearch:
             p, nb = y.shape[0], cand_t.shape[2]
             wl = (weights[:, :, None] * wloc).reshape(p, k, nb, 3, 9)
             wsum = wl.sum(axis=-1)  # (P, K, nb, 3)
-            ii, kc, cb, dd = xp.nonzero(wsum > P_MIN)
+            ii, kc, cb, dd = xp.nonzero(significant(wsum.reshape(p, -1)).reshape(wsum.shape))
             if ii.size:
                 bins = (half[ii] * k + kc) * n_psi + cand_psi[ii, kc, cb, dd]
+                order = xp.argsort(bins, kind="stable")
+                ii, kc, cb, dd, bins = ii[order], kc[order], cb[order], dd[order], bins[order]
                 phase_rows = (estep.lattice_phases(self.tx_b, self.ty_b, cand_t[ii, kc, cb, 4])
                               * (wl[ii, kc, cb, dd] @ self.s_local))  # S_ab (W @ S_d)
                 estep.accumulate_pairs(num_bins, den_bins, g, ctf2, ii, bins, phase_rows,
