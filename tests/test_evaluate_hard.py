@@ -111,6 +111,24 @@ def test_view_spread_against_its_random_baseline():
     assert 0.85 < rs["view_spread_ratio"] < 1.15, rs
 
 
+def test_opposite_views_see_a_class_of_a_view_and_its_mirror():
+    rot, _, _, cls, _ = _synthetic_classes(tilt=10.0)
+    members = {k: np.flatnonzero(cls == k) for k in np.unique(cls)}
+    pure = ev.opposite_views(rot, members)
+    assert pure["opposite_view_fraction"] < 0.01, pure
+    assert pure["view_axial_spread_deg"] < 7.0 < 30.0 < pure["view_axial_spread_random_deg"]
+    # turn every other member of each class to look from the opposite side (a flip
+    # about the image x axis: d -> -d)
+    flip = np.diag([1.0, -1.0, -1.0])
+    mixed = rot.copy()
+    for r in members.values():
+        mixed[r[::2]] = flip @ rot[r[::2]]
+    mix = ev.opposite_views(mixed, members)
+    assert 0.45 < mix["opposite_view_fraction"] <= 0.5, mix
+    assert abs(mix["view_axial_spread_deg"] - pure["view_axial_spread_deg"]) < 0.5, mix
+    assert ev.view_spread(mixed, members)["view_spread_ratio"] > 0.8  # the plain spread
+
+
 def test_junk_segregation_counts():
     # class 1: 8 good + 2 noise; class 2: 1 good + 4 broken (junk class); class 3: 3 good +
     # 3 off_centre (tie: junk class)

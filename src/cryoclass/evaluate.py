@@ -34,6 +34,9 @@ Metrics of the hard benchmark (continuous views; definitions and equations in
   its class's mean direction, over good-majority classes (size-weighted);
   ``view_spread_random_deg``: the same with randomly permuted labels;
   ``view_spread_ratio``: their ratio (1 = no better than random);
+* ``view_axial_spread_deg`` (and ``_random_deg``), ``opposite_view_fraction``: the view
+  spread blind to a view's sign, and the share of a class's members seen from the side
+  opposite to most of them (their images are mirrored: see :func:`opposite_views`);
 * ``inplane_circular_std_deg``: size-weighted circular std within a class of
   (estimated psi - true in-plane angle relative to the class's mean view);
 * ``class_projection_ncc``: size-weighted NCC of each good class's average with the clean
@@ -235,6 +238,52 @@ def _angles_to_mean_deg(d: np.ndarray, labels: np.ndarray) -> np.ndarray:
         m = mean_direction(d[sel])
         out[sel] = np.degrees(np.arccos(np.clip(d[sel] @ m, -1.0, 1.0)))
     return out
+
+
+def opposite_views(rotation: np.ndarray, members: dict[int, np.ndarray],
+                   n_permutations: int = N_PERMUTATIONS, seed: int = 0) -> dict:
+    r"""How far classes mix a view with its opposite (mirror-image) view.
+
+    The projections along :math:`d` and :math:`-d` are mirror images of each other, so a
+    2D class cannot hold both unless the particle looks mirror-symmetric. For class k,
+    :math:`a_k` is the principal axis of its members' directions (top eigenvector of
+    :math:`\sum_i d_i d_i^T`); the axial spread is the mean of
+    :math:`\arccos|d_i \cdot a_k|` (blind to the sign of d: a class of one view and its
+    mirror scores as well as a pure one), and the opposite-view fraction is the share of
+    members on the minority side of :math:`a_k` (0: one side only; 0.5: a view and its
+    mirror in equal parts). Size-weighted over classes; the axial spread also with
+    randomly permuted labels.
+
+    Returns
+    -------
+    dict
+        ``view_axial_spread_deg``, ``view_axial_spread_random_deg``,
+        ``opposite_view_fraction``.
+    """
+    if not members:
+        nan = float("nan")
+        return {"view_axial_spread_deg": nan, "view_axial_spread_random_deg": nan,
+                "opposite_view_fraction": nan}
+    rows = np.concatenate(list(members.values()))
+    labels = np.concatenate([np.full(r.size, j) for j, r in members.items()])
+    d = viewing_directions(rotation[rows])
+
+    def per_member(lab):
+        ang, minority = np.empty(lab.size), np.empty(lab.size)
+        for j in np.unique(lab):
+            sel = lab == j
+            axis = np.linalg.eigh(d[sel].T @ d[sel])[1][:, -1]
+            c = d[sel] @ axis
+            ang[sel] = np.degrees(np.arccos(np.clip(np.abs(c), 0.0, 1.0)))
+            minority[sel] = min(np.mean(c > 0), np.mean(c < 0))
+        return ang, minority
+
+    ang, minority = per_member(labels)
+    rng = np.random.default_rng(seed)
+    base = float(np.mean([per_member(rng.permutation(labels))[0].mean()
+                          for _ in range(n_permutations)]))
+    return {"view_axial_spread_deg": float(ang.mean()), "view_axial_spread_random_deg": base,
+            "opposite_view_fraction": float(minority.mean())}
 
 
 def view_classes(cls: np.ndarray, species: np.ndarray, min_members: int) -> dict[int, np.ndarray]:
@@ -652,6 +701,7 @@ def hard_metrics(truth: dict, rows: np.ndarray, cls: np.ndarray, psi_rad: np.nda
     out = junk_segregation(cls, sub["junk_type"])
     members = view_classes(cls, sub["species"], MIN_VIEW_MEMBERS)
     out.update(view_spread(sub["rotation"], members))
+    out.update(opposite_views(sub["rotation"], members))
     out.update(inplane_consistency(sub["rotation"], sub["psi_deg"], psi_rad, members))
     if averages is not None:
         if render is not None:
