@@ -202,10 +202,10 @@ def accumulate_pairs(num, den, g, ctf2, rows, bins, phase_rows, w, den_w=None):
     den_w : real (n,), optional
         Weights of the denominator rows (default ``w``).
     """
-    vals = g[rows] * (phase_rows.conj() * w[:, None])
-    _segment_add(num, bins, vals)
-    dw = w if den_w is None else den_w
-    _segment_add(den, bins, ctf2[rows] * dw[:, None])
+    xp = array_namespace(g)
+    # g conj(S) = conj(conj(g) S): the conjugate is taken of the per-bin sums, not the rows
+    _segment_add(num, bins, xp.conj(g)[rows] * phase_rows, None, w, conj=True)
+    _segment_add(den, bins, ctf2, rows, w if den_w is None else den_w)
 
 
 def lattice_tables(ky, kx, n: int, step_px: float, reach: int, xp=np, dtype=np.complex64):
@@ -282,25 +282,36 @@ def refine_local(z, ctf2w, refs, tx, ty, ab_coarse, psi_coarse, sigma_t_steps: f
     return ll, ab, psi_idx
 
 
-def _segment_add(target, bins, rows):
-    """``target[bins[j]] += rows[j]`` for sorted, repeated bins; sums in ``target``'s dtype.
+def _segment_add(target, bins, mat, cols, w, conj: bool = False):
+    """``target[bins[j]] += w[j] mat[cols[j]]`` (conjugated if ``conj``) for sorted bins.
 
-    NumPy sums each run of equal bins with ``add.reduceat``; on a GPU the runs are
-    differences of one cumulative sum (in the target's precision).
+    ``cols`` None means ``mat``'s rows in order (one row per pair). NumPy: one sparse
+    (bins x rows of ``mat``) matrix of the weights times ``mat``, summed in ``mat``'s
+    precision (one chunk of particles: a few hundred terms per bin) and added to
+    ``target`` (float64); on a GPU: differences of one float64 cumulative sum.
     """
-    xp = array_namespace(rows)
-    if rows.shape[0] == 0:
+    xp = array_namespace(mat)
+    n = bins.shape[0]
+    if n == 0:
         return
     edge = xp.concatenate([xp.asarray([True]), bins[1:] != bins[:-1]])
     first = xp.nonzero(edge)[0]
+    rdt = mat.real.dtype
     if xp is np:
-        target[bins[first]] += np.add.reduceat(rows, first, axis=0, dtype=target.dtype)
-        return
-    cs = xp.cumsum(rows.astype(target.dtype), axis=0)
-    last = xp.concatenate([first[1:] - 1, xp.asarray([rows.shape[0] - 1])])
-    sums = cs[last]
-    sums[1:] = sums[1:] - cs[last[:-1]]
-    target[bins[first]] += sums
+        from scipy.sparse import csr_matrix
+
+        idx = np.arange(n) if cols is None else cols
+        indptr = np.concatenate([first, [n]])
+        s = csr_matrix((w.astype(rdt), idx, indptr), shape=(first.size, mat.shape[0]))
+        sums = s @ mat
+    else:
+        rows = mat if cols is None else mat[cols]
+        # float64 cumulative sums: their differences would lose float32 precision
+        cs = xp.cumsum((rows * w[:, None].astype(rdt)).astype(target.dtype), axis=0)
+        last = xp.concatenate([first[1:] - 1, xp.asarray([n - 1])])
+        sums = cs[last]
+        sums[1:] = sums[1:] - cs[last[:-1]]
+    target[bins[first]] += xp.conj(sums) if conj else sums
 
 
 def accumulate_marginal(num, den, g, ctf2, phases_full, post: Posteriors, half, weights):

@@ -141,6 +141,7 @@ class PoseSearch:
         self.inv_s2_b = self.inv_s2 if self.full_bp else self.inv_s2[self.bp]
         d9 = np.array([[dx, dy] for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
         self.s_local = estep.lattice_phases(self.tx_b, self.ty_b, xp.asarray(d9))  # (9, M_b)
+        self.s_local_re = xp.ascontiguousarray(self.s_local).view(real_dtype)  # (9, 2 M_b)
 
     def chunk_size(self, requested: int) -> int:
         """Particles per chunk that keep the largest temporaries bounded."""
@@ -248,8 +249,11 @@ class PoseSearch:
                 bins = (half[ii] * k + kc) * n_psi + cand_psi[ii, kc, cb, dd]
                 order = xp.argsort(bins, kind="stable")
                 ii, kc, cb, dd, bins = ii[order], kc[order], cb[order], dd[order], bins[order]
-                phase_rows = (estep.lattice_phases(self.tx_b, self.ty_b, cand_t[ii, kc, cb, 4])
-                              * (wl[ii, kc, cb, dd] @ self.s_local))  # S_ab (W @ S_d)
+                # S_ab (W @ S_d), the 9-shift fold as a real GEMM on [Re, Im] columns
+                fold = (wl[ii, kc, cb, dd].astype(self.rdt) @ self.s_local_re).view(
+                    self.s_local.dtype)
+                phase_rows = estep.lattice_phases(self.tx_b, self.ty_b,
+                                                  cand_t[ii, kc, cb, 4]) * fold
                 estep.accumulate_pairs(num_bins, den_bins, g, ctf2, ii, bins, phase_rows,
                                        xp.ones(ii.size, dtype=self.rdt),
                                        wsum[ii, kc, cb, dd])
