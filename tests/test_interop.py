@@ -142,6 +142,13 @@ def test_star_and_cs_outputs_match_run_h5(star_run):
     np.testing.assert_array_equal(cs[F.CS_A2D_CLASS], p["class"][keep] - 1)
     np.testing.assert_allclose(cs[F.CS_A2D_SHIFT][:, 1], -p["shift_y_px"][keep], atol=1e-4)
     assert cs.dtype[F.CS_BLOB_PATH].kind == "S"  # fixed-length bytes on disk, as CryoSPARC
+    # the best pose's fit from the final E-step (whitened powers; loglik = cross - slice / 2)
+    image, resid = cs["alignments2D/image_pow"], cs["alignments2D/resid_pow"]
+    cross, sl = cs["alignments2D/cross_cor"], cs["alignments2D/slice_pow"]
+    assert np.all(image > 0) and np.all(sl > 0)
+    np.testing.assert_allclose(resid, image - 2 * cross + sl, rtol=1e-3, atol=1e-3 * image.max())
+    assert np.mean(cross - 0.5 * sl > 0) > 0.9  # the class explains most particles
+    np.testing.assert_allclose(cs["alignments2D/alpha"], cross / sl, rtol=1e-5)
 
 
 def test_class_average_reference_files(star_run):

@@ -106,3 +106,35 @@ def test_marginal_backprojection_matches_a_loop_over_local_poses(monkeypatch):
     kept = search_mod.significant(
         (poses.class_post[:, :, None] * wloc).reshape(p, k, nb, 3, 9).sum(-1).reshape(p, -1))
     assert kept.sum() < kept.size  # the default fraction prunes something here
+
+
+def test_fit_statistics_of_the_best_pose_match_its_log_likelihood():
+    """cross_cor - slice_pow / 2 is the pose's log-likelihood ratio (the search's best value
+    less its shift prior); resid_pow = image_pow - 2 cross_cor + slice_pow; alpha fits."""
+    from cryoclass.em.driver import chunk_ctf
+    from cryoclass.geometry import make_geometry
+    from cryoclass.numerics.search import PoseSearch
+
+    table, _ = make_problem(n_per=10, snr=0.5, seed=4)
+    cfg = load_config(None, OPTS)
+    res = classify(table, cfg, Comm(None))
+    geom = make_geometry(table.box_px, 4.0, cfg)
+    shard = load_shard(table, geom, Comm(None), 0, np)
+    level = make_level(geom, geom.max_align_res_A)
+    rows = np.arange(shard.n_local)
+    y, ctf = shard.store.take(rows), chunk_ctf(shard, rows, geom, cfg, np)
+    ps = PoseSearch(res.state.classes.astype(np.float32), res.state.sigma2_est, geom, level,
+                    True)
+    poses = ps.search(y, ctf)
+    ar = np.arange(rows.size)
+    best = poses.class_post.argmax(axis=1)
+    shift, psi = poses.shift[ar, best], poses.psi[ar, best]
+    fit = ps.fit_statistics(y, ctf, best, shift, psi)
+    prior = -0.5 * (shift**2).sum(axis=1) / (level.sigma_shift_px / level.shift_step_px) ** 2
+    ll = poses.best_val[ar, best] - prior
+    assert np.allclose(fit["cross_cor"] - 0.5 * fit["slice_pow"], ll,
+                       rtol=1e-3, atol=1e-3 * np.abs(ll).max())
+    assert np.allclose(fit["resid_pow"],
+                       fit["image_pow"] - 2 * fit["cross_cor"] + fit["slice_pow"], rtol=1e-4)
+    assert np.all(fit["resid_pow"] < fit["image_pow"])  # the best pose explains some signal
+    assert 0.3 < np.median(fit["alpha"]) < 3.0

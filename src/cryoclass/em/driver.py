@@ -105,6 +105,12 @@ class ParticleResults:
     shift_px: np.ndarray  # (N, 2) (x, y) in input pixels: particle centre - box centre
     score: np.ndarray
     half_set: np.ndarray
+    # the best pose's fit (PoseSearch.fit_statistics): CryoSPARC's alignments2D slots
+    image_pow: np.ndarray | None = None
+    slice_pow: np.ndarray | None = None
+    cross_cor: np.ndarray | None = None
+    resid_pow: np.ndarray | None = None
+    alpha: np.ndarray | None = None
 
 
 # ------------------------------------------------------------------ preprocessing
@@ -238,10 +244,13 @@ class IterationOutput:
     psi_rad: np.ndarray  # (P,) best rotation
     shift_px: np.ndarray  # (P, 2) (x, y) work-box px
     score: np.ndarray  # (P,)
+    fit: dict = field(default_factory=dict)  # (P,) arrays of PoseSearch.fit_statistics
     phase_seconds: dict = field(default_factory=dict)  # this rank's time per E-step phase
     estep_flops: float = 0.0  # this rank's floating-point operations in the pose search
 
 
+#: Per-particle fit statistics of full iterations (PoseSearch.fit_statistics).
+FIT = ("image_pow", "slice_pow", "cross_cor", "resid_pow", "alpha")
 #: E-step phases timed on each rank (seconds, in each iteration record).
 PHASES = ("t_references", "t_coarse", "t_fine", "t_backproject", "t_class_frame")
 
@@ -310,7 +319,7 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, level: Level,
     noise = xp.zeros(geom.n_shells, dtype=np.float64)
     buf = np.zeros(layout.total)
     lap("t_references")
-    outs = {name: [] for name in ("cls", "pmax", "ess", "psi", "shift", "score")}
+    outs = {name: [] for name in ("cls", "pmax", "ess", "psi", "shift", "score") + FIT}
     mstep_w = xp.zeros(k, dtype=np.float64)
     loglik_sum = 0.0
     bar = Bar(rows_all.size, f"iteration {it + 1} E-step (rank 0)", show_progress)
@@ -339,8 +348,10 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, level: Level,
         pmax = cp.max(axis=1)
         score = poses.best_val[ar, best]
         loglik_sum += float(to_host(poses.score[ar, best]).sum())
+        fit = ps.fit_statistics(y, ctf, best, t_b, psi_b) if kind == "full" else {}
         for name, arr in (("cls", best), ("pmax", pmax), ("ess", ess), ("psi", psi_b),
-                          ("shift", t_b * level.shift_step_px), ("score", score)):
+                          ("shift", t_b * level.shift_step_px), ("score", score),
+                          *fit.items()):
             outs[name].append(to_host(arr))
         bar.update(rows.size)
     bar.close()
@@ -388,10 +399,11 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, level: Level,
     layout.view(buf, "den")[:] = den_c.reshape(-1)
     layout.view(buf, "noise")[:] = noise
     layout.view(buf, "mstep_w")[:] = mstep_w
+    fit = {name: res[name].astype(np.float64) for name in FIT if kind == "full"}
     return IterationOutput(buf, rows_all, res["cls"].astype(np.int64), res["pmax"], res["ess"],
                            res["psi"].astype(np.int64), psi_rad,
                            res["shift"].astype(np.float64),
-                           res["score"], tm, flops)
+                           res["score"], fit, tm, flops)
 
 
 def reseed_empty_classes(state: ModelState, counts: np.ndarray, cfg: Config, geom: Geometry,
@@ -504,8 +516,10 @@ class RunResult:
         parts = comm.gather(self.local)
         if comm.rank != 0:
             return None
-        return ParticleResults(*(np.concatenate([getattr(p, f.name) for p in parts])
-                                 for f in dataclasses.fields(ParticleResults)))
+        return ParticleResults(*(
+            None if getattr(parts[0], f.name) is None
+            else np.concatenate([getattr(p, f.name) for p in parts])
+            for f in dataclasses.fields(ParticleResults)))
 
 
 class StopRequested(Exception):
@@ -703,7 +717,8 @@ def finish(state: ModelState, shard: Shard, geom: Geometry, cfg: Config, comm: C
     counts = counts_all[order]
     frc_res = mstep.frc_resolution(state.frc, geom.shell_res_A)
     mine = ParticleResults(inv[final.cls], final.pmax, final.ess, np.mod(psi, 2 * np.pi),
-                           t * scale, final.score, to_host(shard.half))
+                           t * scale, final.score, to_host(shard.half),
+                           **{name: final.fit.get(name) for name in FIT})
     # per-class statistics over all ranks, without gathering the particles
     median_ess = grouped_median(mine.ess, mine.class_index, k, comm)
     post_sum = comm.allreduce_sum(np.bincount(mine.class_index, weights=mine.class_posterior,

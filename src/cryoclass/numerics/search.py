@@ -274,6 +274,37 @@ class PoseSearch:
                                                             shift),
                                        self.shell_sub, self.geom.n_shells)
 
+    def fit_statistics(self, y, ctf, cls, shift, psi) -> dict:
+        r"""Per-particle fit of the best pose, noise-whitened, over the alignment band.
+
+        With :math:`X = Y`, model :math:`M = \mathrm{CTF}\, S_t\, R_\psi A_k` and
+        weights :math:`w/\sigma^2` (Hermitian weight over the noise of the iteration):
+        ``image_pow`` :math:`\sum w|X|^2/\sigma^2`, ``slice_pow`` :math:`\sum w|M|^2/\sigma^2`,
+        ``cross_cor`` :math:`\sum w\,\mathrm{Re}(\overline{X} M)/\sigma^2`, ``resid_pow``
+        :math:`\sum w|X - M|^2/\sigma^2` and ``alpha`` = cross_cor / slice_pow, the
+        amplitude scale that would fit the particle best (reported, not applied). The
+        log-likelihood ratio of the pose is ``cross_cor - slice_pow / 2``.
+
+        Returns
+        -------
+        dict of (P,) float64 arrays
+        """
+        xp, a = self.xp, self.align
+        model = (ctf[:, a] * estep.lattice_phases(self.tx_a, self.ty_a, shift)
+                 * self.refs3_a[cls, psi])
+        x = y[:, a]
+        w = self.inv_s2w_a[None].astype(np.float64)
+
+        def power(z):
+            return (w * (z.real.astype(np.float64) ** 2 + z.imag.astype(np.float64) ** 2)
+                    ).sum(axis=1)
+
+        image, sl, resid = power(x), power(model), power(x - model)
+        cross = (w * (xp.conj(x) * model).real.astype(np.float64)).sum(axis=1)
+        alpha = cross / xp.maximum(sl, 1e-30)
+        return {"image_pow": image, "slice_pow": sl, "cross_cor": cross, "resid_pow": resid,
+                "alpha": alpha}
+
     def shell_counts(self):
         """Coefficients per shell that :meth:`residual_power` sums over: (n_shells,)."""
         return np.bincount(self.geom.shell[self.level.coeffs], minlength=self.geom.n_shells)
