@@ -305,3 +305,24 @@ def test_residual_power_matches_loop(xp, dtype):
     assert got.shape == (n_shells,) and got.dtype == np.float64
     assert got[-1] == 0.0
     assert_allclose(got, ref, rtol=20 * rtol_for(dtype))
+
+
+def test_run_sums_sparse_and_cumulative_agree_with_a_loop():
+    """The CPU (sparse) and GPU (cumulative-sum) per-bin sums, both run here with NumPy."""
+    from cryoclass.numerics.estep import _run_sums_cumsum, _run_sums_sparse
+
+    rng = np.random.default_rng(7)
+    n, m, p = 40, 6, 9
+    bins = np.sort(rng.integers(0, 12, n))
+    first = np.flatnonzero(np.concatenate([[True], bins[1:] != bins[:-1]]))
+    w = rng.uniform(0.1, 1.0, n)
+    for mat, cols in ((rng.standard_normal((n, m)) + 1j * rng.standard_normal((n, m)), None),
+                      (rng.standard_normal((p, m)), rng.integers(0, p, n))):
+        mat = mat.astype(np.complex64 if np.iscomplexobj(mat) else np.float32)
+        rows = mat if cols is None else mat[cols]
+        ref = np.array([(w[bins == b][:, None] * rows[bins == b]).sum(axis=0)
+                        for b in bins[first]])
+        out_dtype = np.complex128 if np.iscomplexobj(mat) else np.float64
+        for f in (_run_sums_sparse, _run_sums_cumsum):
+            got = f(mat, cols, w, first, n, out_dtype)
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)

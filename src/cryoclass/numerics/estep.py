@@ -296,22 +296,31 @@ def _segment_add(target, bins, mat, cols, w, conj: bool = False):
         return
     edge = xp.concatenate([xp.asarray([True]), bins[1:] != bins[:-1]])
     first = xp.nonzero(edge)[0]
-    rdt = mat.real.dtype
-    if xp is np:
-        from scipy.sparse import csr_matrix
-
-        idx = np.arange(n) if cols is None else cols
-        indptr = np.concatenate([first, [n]])
-        s = csr_matrix((w.astype(rdt), idx, indptr), shape=(first.size, mat.shape[0]))
-        sums = s @ mat
-    else:
-        rows = mat if cols is None else mat[cols]
-        # float64 cumulative sums: their differences would lose float32 precision
-        cs = xp.cumsum((rows * w[:, None].astype(rdt)).astype(target.dtype), axis=0)
-        last = xp.concatenate([first[1:] - 1, xp.asarray([n - 1])])
-        sums = cs[last]
-        sums[1:] = sums[1:] - cs[last[:-1]]
+    sums = (_run_sums_sparse if xp is np else _run_sums_cumsum)(mat, cols, w, first, n,
+                                                                  target.dtype)
     target[bins[first]] += xp.conj(sums) if conj else sums
+
+
+def _run_sums_sparse(mat, cols, w, first, n: int, _dtype):
+    """Sum the runs starting at ``first`` of ``w[j] mat[cols[j]]`` with a SciPy CSR (CPU)."""
+    from scipy.sparse import csr_matrix
+
+    idx = np.arange(n) if cols is None else cols
+    indptr = np.concatenate([first, [n]])
+    s = csr_matrix((w.astype(mat.real.dtype), idx, indptr), shape=(first.size, mat.shape[0]))
+    return s @ mat
+
+
+def _run_sums_cumsum(mat, cols, w, first, n: int, dtype):
+    """Sum the same runs as differences of one cumulative sum in ``dtype`` (any xp)."""
+    xp = array_namespace(mat)
+    rows = mat if cols is None else mat[cols]
+    # float64 cumulative sums: their differences would lose float32 precision
+    cs = xp.cumsum((rows * w[:, None].astype(mat.real.dtype)).astype(dtype), axis=0)
+    last = xp.concatenate([first[1:] - 1, xp.asarray([n - 1])])
+    sums = cs[last]
+    sums[1:] = sums[1:] - cs[last[:-1]]
+    return sums
 
 
 def accumulate_marginal(num, den, g, ctf2, phases_full, post: Posteriors, half, weights):
