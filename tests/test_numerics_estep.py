@@ -323,6 +323,6 @@ def test_run_sums_sparse_and_cumulative_agree_with_a_loop():
         ref = np.array([(w[bins == b][:, None] * rows[bins == b]).sum(axis=0)
                         for b in bins[first]])
         out_dtype = np.complex128 if np.iscomplexobj(mat) else np.float64
-        for f in (_run_sums_sparse, _run_sums_cumsum):
-            got = f(mat, cols, w, first, n, out_dtype)
+        for got in (_run_sums_sparse(mat, cols, w, first),
+                    _run_sums_cumsum(mat, cols, w, first, out_dtype)):
             np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)

@@ -240,6 +240,13 @@ def _angles_to_mean_deg(d: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def _member_directions(rotation: np.ndarray, members: dict[int, np.ndarray]):
+    """Return the viewing directions (n, 3) of all members and their class labels (n,)."""
+    rows = np.concatenate(list(members.values()))
+    labels = np.concatenate([np.full(r.size, j) for j, r in members.items()])
+    return viewing_directions(rotation[rows]), labels
+
+
 def opposite_views(rotation: np.ndarray, members: dict[int, np.ndarray],
                    n_permutations: int = N_PERMUTATIONS, seed: int = 0) -> dict:
     r"""How far classes mix a view with its opposite (mirror-image) view.
@@ -264,9 +271,7 @@ def opposite_views(rotation: np.ndarray, members: dict[int, np.ndarray],
         nan = float("nan")
         return {"view_axial_spread_deg": nan, "view_axial_spread_random_deg": nan,
                 "opposite_view_fraction": nan}
-    rows = np.concatenate(list(members.values()))
-    labels = np.concatenate([np.full(r.size, j) for j, r in members.items()])
-    d = viewing_directions(rotation[rows])
+    d, labels = _member_directions(rotation, members)
 
     def per_member(lab):
         ang, minority = np.empty(lab.size), np.empty(lab.size)
@@ -331,9 +336,7 @@ def view_spread(rotation: np.ndarray, members: dict[int, np.ndarray],
         nan = float("nan")
         return {"view_spread_deg": nan, "view_spread_random_deg": nan,
                 "view_spread_ratio": nan, "view_classes": 0}
-    rows = np.concatenate(list(members.values()))
-    labels = np.concatenate([np.full(r.size, j) for j, r in members.items()])
-    d = viewing_directions(rotation[rows])
+    d, labels = _member_directions(rotation, members)
     spread = float(_angles_to_mean_deg(d, labels).mean())
     rng = np.random.default_rng(seed)
     base = float(np.mean([_angles_to_mean_deg(d, rng.permutation(labels)).mean()

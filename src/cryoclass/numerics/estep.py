@@ -180,11 +180,15 @@ def accumulate_force_max(num, den, g, ctf2, phases_full, post: Posteriors, half,
     ii, kk = xp.nonzero(weights > p_min)
     if ii.size == 0:
         return
-    bins = (half[ii] * k + kk) * n_psi + post.best_psi[ii, kk]
-    order = xp.argsort(bins, kind="stable")
-    ii, kk, bins = ii[order], kk[order], bins[order]
+    bins, ii, kk = sort_pairs((half[ii] * k + kk) * n_psi + post.best_psi[ii, kk], ii, kk)
     accumulate_pairs(num, den, g, ctf2, ii, bins, phases_full[post.best_shift[ii, kk]],
                      weights[ii, kk])
+
+
+def sort_pairs(bins, *index):
+    """Return ``bins`` sorted (stable) and each index array of the pairs in that order."""
+    order = array_namespace(bins).argsort(bins, kind="stable")
+    return (bins[order], *(a[order] for a in index))
 
 
 def accumulate_pairs(num, den, g, ctf2, rows, bins, phase_rows, w, den_w=None):
@@ -196,7 +200,8 @@ def accumulate_pairs(num, den, g, ctf2, rows, bins, phase_rows, w, den_w=None):
     ----------
     rows : int (n,) particle of each pair
     bins : int (n,) target bin of each pair, sorted ascending (the caller sorts the pairs
-        before it builds their phase rows, so no row array is permuted here)
+        with :func:`sort_pairs` before it builds their phase rows, so no row array is
+        permuted here)
     phase_rows : complex (n, M_f) the pair's shift phases S_t (or a weighted sum of them)
     w : real (n,) weights of the numerator rows
     den_w : real (n,), optional
@@ -296,24 +301,28 @@ def _segment_add(target, bins, mat, cols, w, conj: bool = False):
         return
     edge = xp.concatenate([xp.asarray([True]), bins[1:] != bins[:-1]])
     first = xp.nonzero(edge)[0]
-    sums = (_run_sums_sparse if xp is np else _run_sums_cumsum)(mat, cols, w, first, n,
-                                                                  target.dtype)
+    if xp is np:
+        sums = _run_sums_sparse(mat, cols, w, first)
+    else:
+        sums = _run_sums_cumsum(mat, cols, w, first, target.dtype)
     target[bins[first]] += xp.conj(sums) if conj else sums
 
 
-def _run_sums_sparse(mat, cols, w, first, n: int, _dtype):
+def _run_sums_sparse(mat, cols, w, first):
     """Sum the runs starting at ``first`` of ``w[j] mat[cols[j]]`` with a SciPy CSR (CPU)."""
     from scipy.sparse import csr_matrix
 
+    n = w.shape[0]
     idx = np.arange(n) if cols is None else cols
     indptr = np.concatenate([first, [n]])
     s = csr_matrix((w.astype(mat.real.dtype), idx, indptr), shape=(first.size, mat.shape[0]))
     return s @ mat
 
 
-def _run_sums_cumsum(mat, cols, w, first, n: int, dtype):
+def _run_sums_cumsum(mat, cols, w, first, dtype):
     """Sum the same runs as differences of one cumulative sum in ``dtype`` (any xp)."""
     xp = array_namespace(mat)
+    n = w.shape[0]
     rows = mat if cols is None else mat[cols]
     # float64 cumulative sums: their differences would lose float32 precision
     cs = xp.cumsum((rows * w[:, None].astype(mat.real.dtype)).astype(dtype), axis=0)

@@ -230,9 +230,8 @@ class PoseSearch:
         if poses.local is None and poses.exhaustive is None:
             ii, kc = xp.nonzero(weights > P_MIN)
             if ii.size:
-                bins = (half[ii] * k + kc) * n_psi + poses.psi[ii, kc]
-                order = xp.argsort(bins, kind="stable")
-                ii, kc, bins = ii[order], kc[order], bins[order]
+                bins, ii, kc = estep.sort_pairs((half[ii] * k + kc) * n_psi
+                                                + poses.psi[ii, kc], ii, kc)
                 estep.accumulate_pairs(num_bins, den_bins, g, ctf2, ii, bins,
                                        estep.lattice_phases(self.tx_b, self.ty_b,
                                                             poses.shift[ii, kc]),
@@ -246,9 +245,8 @@ class PoseSearch:
             wsum = wl.sum(axis=-1)  # (P, K, nb, 3)
             ii, kc, cb, dd = xp.nonzero(significant(wsum.reshape(p, -1)).reshape(wsum.shape))
             if ii.size:
-                bins = (half[ii] * k + kc) * n_psi + cand_psi[ii, kc, cb, dd]
-                order = xp.argsort(bins, kind="stable")
-                ii, kc, cb, dd, bins = ii[order], kc[order], cb[order], dd[order], bins[order]
+                bins, ii, kc, cb, dd = estep.sort_pairs(
+                    (half[ii] * k + kc) * n_psi + cand_psi[ii, kc, cb, dd], ii, kc, cb, dd)
                 # S_ab (W @ S_d), the 9-shift fold as a real GEMM on [Re, Im] columns
                 fold = (wl[ii, kc, cb, dd].astype(self.rdt) @ self.s_local_re).view(
                     self.s_local.dtype)
