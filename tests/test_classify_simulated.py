@@ -7,9 +7,7 @@ percent of 180-degree flips would dominate a circular standard deviation.
 """
 
 import collections
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -19,37 +17,17 @@ import pytest
 from cryoclass.evaluate import rotationally_ambiguous
 from cryoclass.numerics.fourier import crop_fourier, radius_grid, to_fourier, to_real
 from cryoclass.numerics.transforms import rotate_images
-from cryoclass.simulate import SimulationParams, simulate_dataset
 
-MPIEXEC = Path(sys.executable).parent / "mpiexec"
-SRC = Path(__file__).resolve().parents[1] / "src"
+from engine_fixtures import classify_easy_set
+
 pytestmark = pytest.mark.mpi
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e")
-    star = simulate_dataset(base / "data", SimulationParams(
-        n_particles=1500, box_px=64, pixel_size_A=3.0, n_species=3, views_per_species=2,
-        snr=0.1, junk_fraction=0.2, duplicate_fraction=0.05, seed=11))
+    classify_easy_set(base, duplicate_fraction=0.05)
     out = base / "run"
-    env = dict(os.environ, PYTHONPATH=str(SRC))
-    r = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, "-m", "cryoclass", "classify",
-                        str(star), "--out", str(out), "--classes", "12", "--max-res", "9",
-                        "--online-iters", "12", "--batch-per-class", "60",
-                        "--mask-diameter", "130", "--set", "classify.anneal_iters=8",
-                        # the thresholds below were set on this easy set (discrete views)
-                        # for full-resolution alignment and a search of 20% of the box,
-                        # kept here as a regression test of that path; the default path is
-                        # judged on the hard benchmark (docs/accuracy.md) and in
-                        # test_schedule.py. With the defaults this set measured species-0
-                        # 92.7% in its own classes and 44% of duplicate pairs resolved:
-                        # its duplicates are picked 20-60 Å apart, beyond a search of
-                        # diameter / 8.
-                        "--set", "classify.resolution_schedule=false",
-                        "--set", "search.shift_range_A=38.4",
-                        "--no-plots"], capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
     truth = h5py.File(base / "data" / "truth.h5", "r")
     res = h5py.File(out / "run.h5", "r")
     return truth, res

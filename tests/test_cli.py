@@ -61,6 +61,8 @@ def test_help_and_config():
     r = cli("config", "--classes", "7", "--no-force-max")
     assert r.returncode == 0
     assert "n_classes = 7" in r.stdout and "force_max = false" in r.stdout
+    r = cli("config", "--no-force-max", "--exhaustive")  # full marginalization
+    assert r.returncode == 0 and 'mode = "exhaustive"' in r.stdout
 
 
 def test_bad_inputs_give_one_line_errors(dataset, tmp_path):

@@ -114,7 +114,7 @@ _SWITCHES = {  # store_true flags -> (config key, value)
     "white_noise": ("classify.white_noise", True),
     "no_frc_regularization": ("classify.frc_regularization", False),
     "no_sort": ("classify.sort_by_size", False), "no_progress": ("output.progress", False),
-    "no_plots": ("output.plots", False),
+    "no_plots": ("output.plots", False), "exhaustive": ("search.mode", "exhaustive"),
 }
 
 
@@ -140,6 +140,10 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="final full iterations (default 1)")
     g.add_argument("--no-force-max", action="store_true",
                    help="marginalize over poses instead of using the best pose")
+    g.add_argument("--exhaustive", action="store_true",
+                   help="search every pose on the fine grid (several times slower); with "
+                        "--no-force-max this marginalizes over all poses, as RELION does: "
+                        "for very low SNR (about 0.02)")
     g.add_argument("--no-ctf", action="store_true",
                    help="no CTF correction (pre-corrected or negative-stain data)")
     g.add_argument("--phase-flip-only", action="store_true", help="correct CTF phases only")
@@ -193,7 +197,8 @@ def resolve_config(args):
             overrides.append(f"{key}={val!r}" if isinstance(val, str) else f"{key}={val}")
     for name, (key, value) in _SWITCHES.items():
         if getattr(args, name, False):
-            overrides.append(f"{key}={'true' if value else 'false'}")
+            text = repr(value) if isinstance(value, str) else ("true" if value else "false")
+            overrides.append(f"{key}={text}")
     rd = getattr(args, "remove_duplicates", None)
     if rd is not None:
         overrides.append(f"duplicates.remove={'true' if rd else 'false'}")
