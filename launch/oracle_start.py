@@ -4,13 +4,14 @@
 
 DATA holds particles.star and truth.h5 (``cryoclass simulate --preset hard``); BASE_RUN is
 a finished default run on the same particles, whose initial noise and class-average power
-set the start. K = the number of stored views (12); one rank; prints the view metrics of
-docs/accuracy.md §5.4 (do the classes stay pure, or go back to mixing views with their
-mirrors?).
+set the start. K = the number of stored views (12); one rank; prints the hard-benchmark
+metrics (`cryoclass evaluate`'s, without the class-average ones) of docs/accuracy.md §5.4:
+do the classes stay pure, or go back to mixing views with their mirrors?
 """
 
 from __future__ import annotations
 
+import json
 import sys
 
 import h5py
@@ -43,17 +44,10 @@ def main(data: str, base_run: str) -> None:
     state = ModelState(0, proj, s2i.copy(), s2i.copy(),
                        align_res_A=initial_resolution(geom, cfg))
     p = classify(table, cfg, Comm(None), state=state).particles
-    junk = np.array([j not in (b"", "") for j in truth["junk_type"][:]])
-    rot = truth["rotation"][:]
-    members = {}
-    for k in range(proj.shape[0]):
-        mine = p.class_index == k
-        if (mine & ~junk).sum() >= 5 and (mine & ~junk).sum() > (mine & junk).sum():
-            members[k] = np.flatnonzero(mine & ~junk)
-    print(ev.view_spread(rot, members))
-    print(ev.opposite_views(rot, members))
-    print(ev.inplane_consistency(rot, truth["psi_deg"][:], p.psi_rad, members))
-    print("junk in good classes", np.mean([c in members for c in p.class_index[junk]]))
+    _, truth_rows = ev.truth_names(f"{data}/truth.h5")  # one rank: rows in input order
+    metrics = ev.hard_metrics(truth_rows, np.arange(p.class_index.size), p.class_index,
+                              p.psi_rad, None, None, ev.NCC_LOWPASS_A)
+    print(json.dumps(metrics, indent=1))
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ def test_fit_statistics_of_the_best_pose_match_its_log_likelihood():
     ar = np.arange(rows.size)
     best = poses.class_post.argmax(axis=1)
     shift, psi = poses.shift[ar, best], poses.psi[ar, best]
-    fit = ps.fit_statistics(y, ctf, best, shift, psi)
+    fit = ps.fit_statistics(y, ps.model_at(ctf, best, shift, psi))
     prior = -0.5 * (shift**2).sum(axis=1) / (level.sigma_shift_px / level.shift_step_px) ** 2
     ll = poses.best_val[ar, best] - prior
     assert np.allclose(fit["cross_cor"] - 0.5 * fit["slice_pow"], ll,

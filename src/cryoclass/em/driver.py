@@ -343,12 +343,14 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, level: Level,
         lap("t_backproject")
         t_b = poses.shift[ar, best]  # (P, 2) lattice steps
         psi_b = poses.psi[ar, best]
-        noise += ps.residual_power(y, ctf, best, t_b, psi_b)
+        model = ps.model_at(ctf, best, t_b, psi_b)
+        noise += ps.residual_power(y, model)
         ess = estep.effective_sample_size(cp)
         pmax = cp.max(axis=1)
         score = poses.best_val[ar, best]
         loglik_sum += float(to_host(poses.score[ar, best]).sum())
-        fit = ps.fit_statistics(y, ctf, best, t_b, psi_b) if kind == "full" else {}
+        fit = ps.fit_statistics(y, model) if kind == "full" else {}
+        del model
         for name, arr in (("cls", best), ("pmax", pmax), ("ess", ess), ("psi", psi_b),
                           ("shift", t_b * level.shift_step_px), ("score", score),
                           *fit.items()):

@@ -372,7 +372,11 @@ def residual_power(y_full, ctf_full, refs_full, phases_full, cls, t_idx, psi_idx
 
 def residual_power_at(y_full, ctf_full, model_refs, phase_rows, shell, n_shells: int):
     """Per-shell power of ``Y - CTF S V`` for given per-particle references and phases."""
-    xp = array_namespace(y_full)
-    r = y_full - ctf_full * phase_rows * model_refs
+    return shell_power(y_full - ctf_full * phase_rows * model_refs, shell, n_shells)
+
+
+def shell_power(r, shell, n_shells: int):
+    """Per-shell ``sum |r|^2`` over the rows of ``r`` (P, M), in float64: (n_shells,)."""
+    xp = array_namespace(r)
     pw = (r.real.astype(np.float64) ** 2 + r.imag.astype(np.float64) ** 2).sum(axis=0)
     return xp.bincount(shell, weights=pw, minlength=n_shells)[:n_shells]

@@ -5,7 +5,9 @@ and the run geometry (rotated references, shift phase tables, coarse subsets); t
 chunk of particles, :meth:`PoseSearch.search` returns class posteriors and the best pose
 in every class (plus local pose weights when marginalizing), :meth:`PoseSearch.backproject`
 adds the chunk to the particle-frame bins of the M-step, and
-:meth:`PoseSearch.residual_power` gives the noise statistics. Pure array code (NumPy or
+:meth:`PoseSearch.model_at` the best poses' model images, from which
+:meth:`PoseSearch.residual_power` gives the noise statistics and
+:meth:`PoseSearch.fit_statistics` the per-particle fit. Pure array code (NumPy or
 CuPy); the equations are in ``docs/algorithm.md``.
 """
 
@@ -99,8 +101,8 @@ class PoseSearch:
         self.sub = xp.asarray(sub)
         refs = rotate_coefficients(classes, geom.ky[sub], geom.kx[sub], level.psi_rad, pad)
         self.align = xp.asarray(level.align)
-        align_in_sub = np.searchsorted(sub, level.align)
-        self.refs3_a = xp.ascontiguousarray(refs[:, :, xp.asarray(align_in_sub)])
+        self.align_in_sub = xp.asarray(np.searchsorted(sub, level.align))
+        self.refs3_a = xp.ascontiguousarray(refs[:, :, self.align_in_sub])
         self.refs = refs.reshape(k * n_psi, sub.size)  # (K n_psi, M_l)
         self.shell_sub = xp.asarray(geom.shell[sub])
         self.inv_s2 = xp.asarray((1.0 / sigma2[geom.shell]).astype(real_dtype))
@@ -260,25 +262,32 @@ class PoseSearch:
             estep.accumulate_marginal(num_bins, den_bins, g, ctf2, phases,
                                       poses.exhaustive, half, weights)
 
-    def residual_power(self, y, ctf, cls, shift, psi):
-        """Per-shell ``sum |Y - CTF S_t R_psi A_k|^2`` at the given poses (lattice shifts).
+    def model_at(self, ctf, cls, shift, psi):
+        """Model ``CTF S_t R_psi A_k`` (P, M_l) at the given poses (lattice shifts).
+
+        On the level's coefficients; :meth:`residual_power` and :meth:`fit_statistics`
+        share it.
+        """
+        sub = self.sub
+        return (ctf[:, sub] * estep.lattice_phases(self.tx[:, sub], self.ty[:, sub], shift)
+                * self.refs[cls * self.n_psi + psi])
+
+    def residual_power(self, y, model):
+        """Per-shell ``sum |Y - model|^2`` (``model`` from :meth:`model_at`).
 
         Over the level's coefficients only: shells outside the level get zero (the
         driver keeps their previous noise estimate).
         """
-        sub = self.sub
-        return estep.residual_power_at(y[:, sub], ctf[:, sub], self.refs[cls * self.n_psi + psi],
-                                       estep.lattice_phases(self.tx[:, sub], self.ty[:, sub],
-                                                            shift),
-                                       self.shell_sub, self.geom.n_shells)
+        return estep.shell_power(y[:, self.sub] - model, self.shell_sub, self.geom.n_shells)
 
-    def fit_statistics(self, y, ctf, cls, shift, psi) -> dict:
+    def fit_statistics(self, y, model) -> dict:
         r"""Per-particle fit of the best pose, noise-whitened, over the alignment band.
 
-        With :math:`X = Y`, model :math:`M = \mathrm{CTF}\, S_t\, R_\psi A_k` and
-        weights :math:`w/\sigma^2` (Hermitian weight over the noise of the iteration):
-        ``image_pow`` :math:`\sum w|X|^2/\sigma^2`, ``slice_pow`` :math:`\sum w|M|^2/\sigma^2`,
-        ``cross_cor`` :math:`\sum w\,\mathrm{Re}(\overline{X} M)/\sigma^2`, ``resid_pow``
+        With :math:`X = Y`, ``model`` :math:`M = \mathrm{CTF}\, S_t\, R_\psi A_k` (from
+        :meth:`model_at`) and weights :math:`w/\sigma^2` (Hermitian weight over the noise
+        of the iteration): ``image_pow`` :math:`\sum w|X|^2/\sigma^2`, ``slice_pow``
+        :math:`\sum w|M|^2/\sigma^2`, ``cross_cor``
+        :math:`\sum w\,\mathrm{Re}(\overline{X} M)/\sigma^2`, ``resid_pow``
         :math:`\sum w|X - M|^2/\sigma^2` and ``alpha`` = cross_cor / slice_pow, the
         amplitude scale that would fit the particle best (reported, not applied). The
         log-likelihood ratio of the pose is ``cross_cor - slice_pow / 2``.
@@ -287,10 +296,9 @@ class PoseSearch:
         -------
         dict of (P,) float64 arrays
         """
-        xp, a = self.xp, self.align
-        model = (ctf[:, a] * estep.lattice_phases(self.tx_a, self.ty_a, shift)
-                 * self.refs3_a[cls, psi])
-        x = y[:, a]
+        xp = self.xp
+        model = model[:, self.align_in_sub]
+        x = y[:, self.align]
         w = self.inv_s2w_a[None].astype(np.float64)
 
         def power(z):
