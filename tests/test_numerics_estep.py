@@ -10,6 +10,7 @@ from cryoclass.numerics.estep import (
     Posteriors,
     accumulate_force_max,
     accumulate_marginal,
+    best_pose_mass,
     effective_sample_size,
     logsumexp,
     pose_loglik,
@@ -165,6 +166,26 @@ def test_marginal_score_of_flat_loglik():
     assert_allclose(post.class_score, 7.0, rtol=1e-14)
     assert_allclose(post.class_post, 0.5)
     assert_allclose(post.pose_weights, 1 / 15)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_best_pose_mass_is_the_largest_marginal_pose_weight(xp, dtype):
+    rng = np.random.default_rng(5)
+    p, n_t, k, n_psi = 4, 5, 3, 7
+    ll = rng.normal(0, 4, (p, n_t, k * n_psi))
+    ll[1, 2, n_psi + 3] += 40.0  # one pose of class 1 dominates: mass near 1
+    lps = np.log(rng.dirichlet(np.ones(n_t)))
+    mass = host(best_pose_mass(xp.asarray(ll.astype(dtype)), k, xp.asarray(lps.astype(dtype))))
+    ref = np.empty((p, k))
+    for i in range(p):
+        for c in range(k):
+            lp = ll[i, :, c * n_psi:(c + 1) * n_psi] + lps[:, None]
+            w = np.exp(lp - lp.max())
+            ref[i, c] = w.max() / w.sum()
+    assert_allclose(mass, ref, rtol=50 * rtol_for(dtype))
+    assert mass[1, 1] > 0.999
+    flat = best_pose_mass(np.zeros((2, n_t, k * n_psi)), k, np.log(np.full(n_t, 1 / n_t)))
+    assert_allclose(flat, 1 / (n_t * n_psi), rtol=1e-12)
 
 
 def test_logsumexp():

@@ -347,7 +347,7 @@ def test_report_from_a_checkpoint(tmp_path):
         iteration=2, classes=np.stack([disk(m, 4 + j) for j in range(k)]),
         sigma2_init=np.ones(n_shells), sigma2_est=np.ones(n_shells), num=None, den=None,
         frc=np.clip(1 - np.linspace(0, 2, n_shells), 0, 1)[None].repeat(k, 0),
-        history=history, align_res_A=20.0)
+        history=history, align_res_A=20.0, pose_marginal=0)
     save_checkpoint(tmp_path / "checkpoint.h5", state, load_config(None), "in.star")
     text = build_report(tmp_path).read_text()
     rows = _class_rows(text)

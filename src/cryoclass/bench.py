@@ -51,7 +51,12 @@ def gemm_peak_gflops(n: int = 2048, repeat: int = 3, dtype=np.float32, xp=np) ->
 
 def bench_config(n: int, n_classes: int, base: Config | None = None,
                  overrides: list[str] | tuple = ()) -> Config:
-    """Two iterations over all particles: a warm-up online iteration and a full one."""
+    """Two iterations over all particles: a warm-up online iteration and a full one.
+
+    The search is the configured one (``--mode``, ``--no-force-max``): the bench's own
+    simulated particles do not choose it (``classify.marginalize_poses`` "auto" becomes
+    "never"; "always" is kept).
+    """
     per_class = max(1, -(-n // n_classes))
     cfg = load_config(None, [f"classify.n_classes={n_classes}", "classify.online_em_iters=1",
                              f"classify.batch_size_per_class={per_class}",
@@ -61,6 +66,8 @@ def bench_config(n: int, n_classes: int, base: Config | None = None,
         cfg = replace(base, classify=replace(base.classify, **{
             k: getattr(cfg.classify, k) for k in ("n_classes", "online_em_iters",
                                                   "batch_size_per_class", "final_full_iters")}))
+    if cfg.classify.marginalize_poses == "auto":
+        cfg = replace(cfg, classify=replace(cfg.classify, marginalize_poses="never"))
     return cfg
 
 

@@ -102,6 +102,7 @@ _FLAG_MAP = {  # common flags -> config keys
     "backend": "compute.backend", "min_separation": "duplicates.min_separation_A",
     "scratch": "compute.scratch_dir", "devices": "compute.devices",
     "particle_diameter": "preprocess.particle_diameter_A",
+    "marginalize": "classify.marginalize_poses",
 }
 _SWITCHES = {  # store_true flags -> (config key, value)
     "no_force_max": ("classify.force_max", False), "no_ctf": ("ctf.correct", False),
@@ -144,6 +145,10 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="search every pose on the fine grid (several times slower); with "
                         "--no-force-max this marginalizes over all poses, as RELION does: "
                         "for very low SNR (about 0.02)")
+    g.add_argument("--marginalize", choices=["auto", "always", "never"],
+                   help="marginalize over every pose (as --no-force-max --exhaustive): "
+                        "always, never, or auto (default): when the particles' measured "
+                        "information at 20 Å is low (the event log prints it)")
     g.add_argument("--no-ctf", action="store_true",
                    help="no CTF correction (pre-corrected or negative-stain data)")
     g.add_argument("--phase-flip-only", action="store_true", help="correct CTF phases only")

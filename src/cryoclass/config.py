@@ -43,6 +43,7 @@ class ClassifyConfig:
     batch_size_per_class: int = 100
     final_full_iters: int = 1
     force_max: bool = True
+    marginalize_poses: str = "auto"
     hard_classification: bool = False
     frc_regularization: bool = True
     regularization_T: float = 2.0
@@ -288,6 +289,9 @@ def validate(cfg: Config) -> None:
     if c.initial_res_A is not None:
         need(c.initial_res_A > 0, "classify.initial_res_A must be > 0 Å")
     need(c.seed >= 0, "classify.seed must be >= 0")
+    need(c.marginalize_poses in ("auto", "always", "never"),
+         f"classify.marginalize_poses must be auto, always or never, got "
+         f"{c.marginalize_poses!r}")
     r = cfg.recenter
     need(0.0 <= r.threshold < 1.0, f"recenter.threshold must be in [0, 1), got {r.threshold}")
     m = cfg.mask

@@ -29,6 +29,7 @@ from cryoclass.em.levels import Level, make_level
 from cryoclass.em.schedule import (
     backprojection_resolution,
     initial_resolution,
+    marginalize_poses,
     next_resolution,
     online_step,
     schedule,
@@ -38,6 +39,7 @@ from cryoclass.geometry import Geometry, make_geometry
 from cryoclass.numerics import estep, mstep, postprocess
 from cryoclass.numerics.ctf import ctf_values
 from cryoclass.numerics.fourier import crop_fourier, to_fourier, to_real
+from cryoclass.numerics.information import INFO_RES_A, information_estimate, information_sums
 from cryoclass.numerics.masks import normalize_background, soft_circular_mask
 from cryoclass.numerics.search import PoseSearch
 from cryoclass.parallel.comm import Comm
@@ -58,6 +60,8 @@ logger = logging.getLogger(__name__)
 CTF_FIELDS = ("defocus_u_A", "defocus_v_A", "defocus_angle_rad", "voltage_kv", "cs_mm",
               "amplitude_contrast", "phase_shift_rad", "bfactor_A2")
 HIST_BINS = 200
+#: Particles whose images give the information estimate (numerics.information).
+INFO_SAMPLE = 1000
 CLASS_ESS_BINS = 64
 
 
@@ -72,6 +76,7 @@ class Shard:
     ctf_params: np.ndarray  # (n_local, 8) float64, CTF_FIELDS order
     half: object  # (n_local,) int64 on device
     n_total: int
+    info_sums: np.ndarray = field(default_factory=lambda: np.zeros(2))  # information_sums
 
     @property
     def n_local(self) -> int:
@@ -92,6 +97,7 @@ class ModelState:
     frc: np.ndarray | None = None  # (K, n_shells) last half-set FRC
     history: list = field(default_factory=list)
     align_res_A: float = float("nan")  # alignment resolution of the next iteration
+    pose_marginal: int = -1  # 1: marginal over every pose (marginalize_poses); -1: undecided
 
 
 @dataclass
@@ -161,17 +167,24 @@ def load_shard(table, geom: Geometry, comm: Comm, seed: int, xp: ModuleType,
     # rows are read in order, so few stacks need to stay mapped (their pages count as the
     # rank's resident memory while mapped)
     source = table.image_source(max_open=8)
+    # the information estimate reads one global sample, the same for any number of ranks
+    sample = batch_members(n, min(INFO_SAMPLE, n), seed, 2_000_000)
+    info = np.zeros(2)
     with Bar(stop - start, "read + preprocess (rank 0)", show_progress) as bar:
         for sl in chunks(stop - start, read_block):
             rows = np.arange(start + sl.start, start + sl.stop) - offset
             imgs = xp.asarray(source.read(rows))
+            picked = np.flatnonzero(np.isin(rows + offset, sample))
+            if picked.size:
+                info += information_sums(imgs[xp.asarray(picked)], geom.pixel_size_A,
+                                         geom.particle_diameter_A)
             store.put(sl, preprocess(imgs, geom, real_dtype))
             bar.update(rows.size)
     source.close()  # unmap the stacks: the particles are in the store now
     meta = table.meta.iloc[start - offset:stop - offset]
     params = np.stack([meta[f].to_numpy(dtype=np.float64) for f in CTF_FIELDS], axis=1)
     half = xp.asarray(half_sets(start, stop, n, seed))
-    return Shard(start, stop, store, params, half, n)
+    return Shard(start, stop, store, params, half, n, info)
 
 
 def table_size(table) -> int:
@@ -269,7 +282,8 @@ class Layout:
         self.sizes = {"num": 2 * 2 * k * m, "den": 2 * k * m, "noise": n_shells,
                       "noise_n": n_shells, "class_w": k, "mstep_w": k, "n": 1,
                       "ess_hist": HIST_BINS, "pmax_hist": HIST_BINS,
-                      "class_ess_hist": k * CLASS_ESS_BINS, "changed_class": 1, "psi_change": 1,
+                      "pose_mass_hist": HIST_BINS, "class_ess_hist": k * CLASS_ESS_BINS,
+                      "changed_class": 1, "psi_change": 1,
                       "revisited": 1, "loglik": 1, "flops": 1}
         self.off = {}
         o = 0
@@ -319,7 +333,8 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, level: Level,
     noise = xp.zeros(geom.n_shells, dtype=np.float64)
     buf = np.zeros(layout.total)
     lap("t_references")
-    outs = {name: [] for name in ("cls", "pmax", "ess", "psi", "shift", "score") + FIT}
+    outs = {name: [] for name in ("cls", "pmax", "ess", "psi", "shift", "score", "pose_mass")
+            + FIT}
     mstep_w = xp.zeros(k, dtype=np.float64)
     loglik_sum = 0.0
     bar = Bar(rows_all.size, f"iteration {it + 1} E-step (rank 0)", show_progress)
@@ -353,7 +368,7 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, level: Level,
         del model
         for name, arr in (("cls", best), ("pmax", pmax), ("ess", ess), ("psi", psi_b),
                           ("shift", t_b * level.shift_step_px), ("score", score),
-                          *fit.items()):
+                          ("pose_mass", poses.pose_mass[ar, best]), *fit.items()):
             outs[name].append(to_host(arr))
         bar.update(rows.size)
     bar.close()
@@ -378,6 +393,8 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, level: Level,
     layout.view(buf, "ess_hist")[:] = np.histogram(res["ess"], HIST_BINS,
                                                    (1.0, max(k, 1.0 + 1e-9)))[0]
     layout.view(buf, "pmax_hist")[:] = np.histogram(res["pmax"], HIST_BINS, (0.0, 1.0))[0]
+    layout.view(buf, "pose_mass_hist")[:] = np.histogram(res["pose_mass"], HIST_BINS,
+                                                         (0.0, 1.0))[0]
     ess_top = max(k, 1.0 + 1e-9)
     cbin = np.clip(((res["ess"] - 1.0) / (ess_top - 1.0) * CLASS_ESS_BINS).astype(np.int64),
                    0, CLASS_ESS_BINS - 1)
@@ -576,6 +593,25 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
                            align_res_A=initial_resolution(geom, cfg))
     elif not np.isfinite(state.align_res_A):  # a checkpoint from before the schedule
         state.align_res_A = initial_resolution(geom, cfg)
+    info_sums = comm.allreduce_sum(shard.info_sums.copy())
+    info = information_estimate(info_sums)
+    if state.pose_marginal < 0:  # decided once per run (a resumed run keeps its choice;
+        # one checkpointed before the choice existed keeps the configured search)
+        state.pose_marginal = int(state.iteration == 0 and marginalize_poses(cfg, info))
+    if comm.rank == 0:
+        logger.info("information per particle at %.0f Å: %.1f (twice the log-likelihood "
+                    "ratio of a noise-free class; %d particles sampled); poses: %s",
+                    INFO_RES_A, info, int(info_sums[1]),
+                    "marginalized over all of them (force max off, exhaustive search)"
+                    if state.pose_marginal else
+                    f"{cfg.search.mode.replace('_', '-')} search, force max "
+                    f"{'on' if c.force_max else 'off'}")
+    if state.pose_marginal:
+        cfg = dataclasses.replace(
+            cfg, classify=dataclasses.replace(c, force_max=False),
+            search=dataclasses.replace(cfg.search, mode="exhaustive"))
+        c = cfg.classify
+        geom = dataclasses.replace(geom, search_mode="exhaustive")
     layout = Layout(k, geom.n_coeffs, geom.n_shells)
     last_class = np.full(shard.n_local, -1, dtype=np.int64)
     last_psi = np.zeros(shard.n_local)
@@ -628,6 +664,7 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
         n_used = int(layout.view(buf, "n")[0])
         ess_q = hist_quartiles(layout.view(buf, "ess_hist"), 1.0, max(k, 1.0 + 1e-9))
         pmax_q = hist_quartiles(layout.view(buf, "pmax_hist"), 0.0, 1.0)
+        pose_q = hist_quartiles(layout.view(buf, "pose_mass_hist"), 0.0, 1.0)
         revisited = float(layout.view(buf, "revisited")[0])
         class_w = layout.view(buf, "class_w").copy()
         dt = time.perf_counter() - t_it
@@ -636,7 +673,7 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
             "n_sub": c.online_em_iters if kind == "online" else c.final_full_iters,
             "n_particles": n_used, "seconds": dt, "estep_seconds": t_e,
             "mstep_seconds": t_m, "particles_per_s": n_used / max(dt, 1e-9),
-            "ess_quartiles": ess_q, "pmax_quartiles": pmax_q,
+            "ess_quartiles": ess_q, "pmax_quartiles": pmax_q, "pose_mass_quartiles": pose_q,
             "ess_hist": layout.view(buf, "ess_hist").copy(),
             "pmax_hist": layout.view(buf, "pmax_hist").copy(),
             "class_median_ess": np.array([
@@ -656,6 +693,7 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
             "estep_gflop": float(layout.view(buf, "flops")[0]) / 1e9,
             "reduce_seconds": t_red,
             **level.describe(), "next_align_res_A": state.align_res_A,
+            "information_20A": info, "pose_marginal": state.pose_marginal,
             **{key: float(val) for key, val in out.phase_seconds.items()},
         }
         state.sigma2_est = est
@@ -667,12 +705,13 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
                 "iter %d/%d %s %d/%d: %d particles, %.2f s (%.0f particles/s); "
                 "aligned at %.1f Å (box %d, %d rotations, %d shifts), next %.1f Å; "
                 "ESS quartiles %.2f/%.2f/%.2f; best-class prob quartiles %.3f/%.3f/%.3f; "
+                "best-pose mass quartiles %.3f/%.3f/%.3f; "
                 "%d empty classes (%d re-seeded); class changed %.1f%%, "
                 "mean psi change %.1f deg",
                 it + 1, len(plan), "online-EM" if kind == "online" else "full", sub + 1,
                 record["n_sub"], n_used, dt, record["particles_per_s"], level.res_A,
                 level.work_box, level.psi_rad.size, level.shifts_px.shape[0],
-                state.align_res_A, *ess_q, *pmax_q,
+                state.align_res_A, *ess_q, *pmax_q, *pose_q,
                 record["empty_classes"], len(reseeded), 100 * record["changed_class_frac"],
                 record["mean_psi_change_deg"])
         is_last = it == len(plan) - 1

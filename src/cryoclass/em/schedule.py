@@ -4,6 +4,7 @@ r"""Which particles, which noise and which resolution each iteration uses.
 * :func:`sigma2_used`: the annealed noise model of an iteration.
 * :func:`online_step`: the online-EM step size.
 * :func:`initial_resolution` and :func:`next_resolution`: the resolution schedule.
+* :func:`marginalize_poses`: whether the run marginalizes over every pose.
 
 The resolution schedule (``docs/algorithm.md``, "Resolution schedule"): the first
 iteration aligns at ``initial_res_A`` (auto: particle diameter D / 3). After each M-step
@@ -27,6 +28,9 @@ from cryoclass.numerics.mstep import frc_resolution
 FRC_SUPPORTED = 0.5
 #: Margin added to the supported frequency, in units of 1 / particle diameter.
 MARGIN_SPECKLES = 2.0
+#: ``classify.marginalize_poses = "auto"`` marginalizes over every pose when the
+#: information per particle at 20 Å (numerics.information) is below this.
+MARGINAL_BELOW_INFORMATION = 50.0
 
 
 def schedule(cfg: Config) -> list[tuple[str, int]]:
@@ -57,6 +61,21 @@ def sigma2_used(state, it: int, kind: str, cfg: Config, geom: Geometry):
         band_shells = np.unique(geom.shell[geom.align])
         s2 = np.full_like(s2, float(np.mean(s2[band_shells])))
     return np.maximum(s2, 1e-12 * max(float(s2.max()), 1e-30))
+
+
+def marginalize_poses(cfg: Config, information: float) -> bool:
+    """Whether the run marginalizes over every pose (force max off, exhaustive search).
+
+    ``classify.marginalize_poses``: "always", "never" (the configured ``force_max`` and
+    ``search.mode``), or "auto": always when the estimated information per particle
+    (twice the log-likelihood ratio a noise-free class would give at 20 Å) is below
+    :data:`MARGINAL_BELOW_INFORMATION`; an estimate that could not be made (no background
+    around the particle) keeps the configured search.
+    """
+    mode = cfg.classify.marginalize_poses
+    if mode == "auto":
+        return bool(np.isfinite(information) and information < MARGINAL_BELOW_INFORMATION)
+    return mode == "always"
 
 
 def online_step(it: int) -> float:

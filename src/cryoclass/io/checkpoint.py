@@ -9,8 +9,9 @@ is global (not per rank): a run may be resumed with a different number of ranks.
 Layout of ``checkpoint.h5``: datasets ``classes``, ``sigma2_init``, ``sigma2_est``,
 ``num`` (complex128), ``den``, ``frc``; group ``history/NNNN`` with one dataset or
 attribute per record key; attributes ``iteration``, ``align_res_A`` (the resolution
-schedule's level for the next iteration), ``config_hash``, ``config_toml``, ``input``,
-``version``.
+schedule's level for the next iteration), ``pose_marginal`` (1 when the run
+marginalizes over every pose, decided once; -1 in older checkpoints), ``config_hash``,
+``config_toml``, ``input``, ``version``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def save_checkpoint(path: Path, state, cfg, input_path: str) -> None:
         f.attrs["input"] = str(input_path)
         f.attrs["version"] = __version__
         f.attrs["align_res_A"] = state.align_res_A
+        f.attrs["pose_marginal"] = state.pose_marginal
         f["classes"] = state.classes
         f["sigma2_init"] = state.sigma2_init
         f["sigma2_est"] = state.sigma2_est
@@ -100,7 +102,8 @@ def load_checkpoint(path: Path, cfg=None):
                 num=f["num"][()] if "num" in f else None,
                 den=f["den"][()] if "den" in f else None,
                 frc=f["frc"][()] if "frc" in f else None, history=history,
-                align_res_A=float(attrs.get("align_res_A", np.nan)))
+                align_res_A=float(attrs.get("align_res_A", np.nan)),
+                pose_marginal=int(attrs.get("pose_marginal", -1)))
     except OSError as exc:
         raise InputError(f"{path}: unreadable checkpoint ({exc})") from None
     return state, attrs

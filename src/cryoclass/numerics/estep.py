@@ -111,6 +111,24 @@ def top_coarse_poses(loglik, n_classes: int, log_prior_shift, n_best: int):
     return top // n_psi, top % n_psi
 
 
+def best_pose_mass(loglik, n_classes: int, log_prior_shift):
+    r"""Posterior mass of each class's best pose among that class's poses: (P, K).
+
+    ``exp(max_j l_j - log sum_j exp l_j)`` over the poses j (shift x psi) of the grid in
+    ``loglik``, with the shift prior (RELION's ``rlnMaxValueProbDistribution`` for one
+    class). 1 when one pose holds all the mass, ``1 / n_poses`` when none stands out.
+
+    Parameters
+    ----------
+    loglik : real (P, n_shifts, K * n_psi)
+    """
+    xp = array_namespace(loglik)
+    p, n_t, kr = loglik.shape
+    lp = loglik.reshape(p, n_t, n_classes, kr // n_classes) + log_prior_shift[None, :, None, None]
+    flat = xp.moveaxis(lp, 2, 1).reshape(p, n_classes, -1)
+    return xp.exp(flat.max(axis=2) - logsumexp(flat, axis=2))
+
+
 def posteriors(loglik, n_classes: int, log_prior_shift, log_prior_class, force_max: bool):
     """Class posteriors (always marginal over classes) and pose posteriors.
 

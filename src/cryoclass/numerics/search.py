@@ -69,6 +69,7 @@ class ChunkPoses:
     local: tuple | None = None  # coarse-to-fine, marginal: (weights, shifts, psis)
     exhaustive: object | None = None  # exhaustive, marginal: estep.Posteriors
     flops: float = 0.0
+    pose_mass: object | None = None  # (P, K) best pose's mass on the first-stage grid
 
 
 class PoseSearch:
@@ -167,6 +168,7 @@ class PoseSearch:
         ll = estep.pose_loglik(y[:, self.align], ctf[:, self.align], self.inv_s2w_a,
                                self.refs3_a.reshape(k * self.n_psi, -1), self.phases_a)
         post = estep.posteriors(ll, k, self.lp_shift, self.lp_class, self.force_max)
+        mass = estep.best_pose_mass(ll, k, self.lp_shift)
         del ll
         if timer:
             timer("t_fine")
@@ -174,13 +176,14 @@ class PoseSearch:
                           self.ab_f[post.best_shift], post.best_psi,
                           exhaustive=None if self.force_max else post,
                           flops=gemm_flops(y.shape[0], self.n_t, self.level.align.size,
-                                           self.n_r))
+                                           self.n_r), pose_mass=mass)
 
     def _search_c2f(self, y, ctf, timer) -> ChunkPoses:
         xp, k, p = self.xp, self.k, y.shape[0]
         ll_c = estep.pose_loglik(y[:, self.coarse], ctf[:, self.coarse], self.inv_s2w_c,
                                  self.refs_c, self.phases_c)
         t_top, psi_top = estep.top_coarse_poses(ll_c, k, self.lp_c, N_COARSE)  # (P, K, N)
+        mass = estep.best_pose_mass(ll_c, k, self.lp_c)
         del ll_c
         flops = gemm_flops(p, self.n_t, self.level.coarse.size, self.n_r)
         if timer:
@@ -214,7 +217,8 @@ class PoseSearch:
         flops += p * k * nb * (8.0 * 27 + 12.0) * self.level.align.size
         if timer:
             timer("t_fine")
-        return ChunkPoses(cp, score, best_val, shift, psi, local=local, flops=flops)
+        return ChunkPoses(cp, score, best_val, shift, psi, local=local, flops=flops,
+                          pose_mass=mass)
 
     def backproject(self, num_bins, den_bins, y, ctf, poses: ChunkPoses, weights, half):
         """Add a chunk to the particle-frame bins ``(half, class, psi)`` (in place).

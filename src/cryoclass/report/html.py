@@ -395,7 +395,8 @@ def _history_table(data: RunData) -> str:
     head = ["iteration", "kind", "aligned at (Å)", "E-step box", "rotations", "shifts",
             "particles", "time (s)", "E-step (s)", "M-step (s)",
             "particles/s", "ESS q1", "ESS median", "ESS q3", "best-prob q1",
-            "best-prob median", "best-prob q3", "empty classes", "class changed (%)",
+            "best-prob median", "best-prob q3", "best-pose mass median", "empty classes",
+            "class changed (%)",
             "mean psi change (deg)", "diagnostics (s)"]
     rows = []
     for rec in data.history:
@@ -413,6 +414,8 @@ def _history_table(data: RunData) -> str:
                 (rec.get("particles_per_s", np.nan), "{:.0f}"),
                 (ess[0], "{:.2f}"), (ess[1], "{:.2f}"), (ess[2], "{:.2f}"),
                 (pm[0], "{:.3f}"), (pm[1], "{:.3f}"), (pm[2], "{:.3f}"),
+                (np.asarray(rec.get("pose_mass_quartiles", [np.nan] * 3), dtype=float)[1],
+                 "{:.3f}"),
                 (rec.get("empty_classes", np.nan), "{:.0f}"),
                 (100 * float(rec.get("changed_class_frac", np.nan)), "{:.1f}"),
                 (rec.get("mean_psi_change_deg", np.nan), "{:.1f}"),
