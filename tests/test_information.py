@@ -103,6 +103,10 @@ def test_low_information_data_are_marginalized_over_every_pose():
     assert all(rec["pose_marginal"] == 1 for rec in low.state.history)
     assert all(rec["pose_marginal"] == 0 for rec in high.state.history)
     assert low.state.pose_marginal == 1 and high.state.pose_marginal == 0
+    # the first iteration's noise: inflated by f^2 = 4 with force max, not over every pose
+    for run, f in ((low, 1.0), (high, 2.0)):
+        rec = run.state.history[0]
+        np.testing.assert_allclose(rec["sigma2_used"], f**2 * rec["sigma2_init"], rtol=1e-12)
     forced = run_tiny(0.01, "classify.marginalize_poses=never")
     assert forced.state.pose_marginal == 0
     assert run_tiny(0.5, "classify.marginalize_poses=always").state.pose_marginal == 1

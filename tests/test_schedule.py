@@ -137,3 +137,15 @@ def test_schedule_keeps_classes_from_fitting_noise_on_continuous_views_at_low_sn
     assert levels[True][0] == pytest.approx(50.0) and levels[True][-1] > 10.0
     assert all(lv == pytest.approx(10.0) for lv in levels[False])
     assert all(a >= b for a, b in zip(levels[True], levels[True][1:]))  # only rises
+
+
+def test_uncertainty_factor_is_two_with_force_max_and_one_over_every_pose():
+    from cryoclass.em.schedule import uncertainty_factor
+
+    assert uncertainty_factor(load_config(None, [])) == 2.0
+    assert uncertainty_factor(load_config(None, ["classify.force_max=false"])) == 2.0
+    marginal = ["classify.force_max=false", "search.mode=exhaustive"]
+    assert uncertainty_factor(load_config(None, marginal)) == 1.0
+    assert uncertainty_factor(load_config(None, [*marginal,
+                                                 "classify.uncertainty_factor=3"])) == 3.0
+    assert uncertainty_factor(load_config(None, ["classify.uncertainty_factor=1.5"])) == 1.5

@@ -132,7 +132,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-align-res", type=float, metavar="A",
                    help="high-pass during alignment (Å), e.g. 40-60 against micelles")
     g.add_argument("--uncertainty", type=float, metavar="F",
-                   help="initial classification uncertainty factor (default 2)")
+                   help="initial classification uncertainty factor (default 2; 1 when "
+                        "marginalizing over every pose)")
     g.add_argument("--online-iters", type=int, metavar="N",
                    help="online-EM iterations (default 20)")
     g.add_argument("--batch-per-class", type=int, metavar="N",

@@ -35,7 +35,7 @@ class ClassifyConfig:
     max_res_A: float = 6.0
     max_align_res_A: float | None = None
     min_align_res_A: float | None = None
-    uncertainty_factor: float = 2.0
+    uncertainty_factor: float | None = None  # auto: 2, or 1 when marginalizing every pose
     anneal_start_iter: int = 2
     anneal_iters: int = 15
     white_noise: bool = False
@@ -277,7 +277,7 @@ def validate(cfg: Config) -> None:
         need(c.min_align_res_A > hi,
              f"classify.min_align_res_A ({c.min_align_res_A} Å) must be a lower resolution "
              f"(larger Å) than the maximum alignment resolution ({hi} Å)")
-    need(c.uncertainty_factor >= 1.0,
+    need(c.uncertainty_factor is None or c.uncertainty_factor >= 1.0,
          f"classify.uncertainty_factor must be >= 1, got {c.uncertainty_factor}")
     need(c.anneal_start_iter >= 0, "classify.anneal_start_iter must be >= 0")
     need(c.anneal_iters >= 0, "classify.anneal_iters must be >= 0")

@@ -40,15 +40,37 @@ def schedule(cfg: Config) -> list[tuple[str, int]]:
             + [("full", j) for j in range(c.final_full_iters)])
 
 
+#: The uncertainty factor when not configured: CryoSPARC's 2 with force max (best poses),
+#: 1 when the run marginalizes over every pose.
+UNCERTAINTY_FORCE_MAX = 2.0
+UNCERTAINTY_MARGINAL = 1.0
+
+
+def uncertainty_factor(cfg: Config) -> float:
+    """The factor f of :func:`sigma2_used`: configured, else by the pose treatment.
+
+    Inflating the noise keeps force max's best-pose assignments uncertain while the classes
+    are poor. A run that marginalizes over every pose (force max off, exhaustive search)
+    already weighs each pose by its posterior; there the inflation also spreads every
+    particle over all poses and classes, the classes stay alike for many iterations (at
+    K = 50 they did not separate in five), so the default is 1 (docs/accuracy.md §5.6).
+    """
+    c = cfg.classify
+    if c.uncertainty_factor is not None:
+        return float(c.uncertainty_factor)
+    marginal = not c.force_max and cfg.search.mode == "exhaustive"
+    return UNCERTAINTY_MARGINAL if marginal else UNCERTAINTY_FORCE_MAX
+
+
 def sigma2_used(state, it: int, kind: str, cfg: Config, geom: Geometry):
     r"""Noise variance used by the E-step of iteration ``it``.
 
-    ``f^2 sigma2_init`` until ``anneal_start_iter``, then a geometric interpolation to
+    ``f^2 sigma2_init`` (f from :func:`uncertainty_factor`) until ``anneal_start_iter``, then a geometric interpolation to
     the current estimate over ``anneal_iters`` iterations, then the estimate; final full
     iterations always use the estimate. White noise: the band-averaged value, flat.
     """
     c = cfg.classify
-    hi = (c.uncertainty_factor**2) * state.sigma2_init
+    hi = (uncertainty_factor(cfg) ** 2) * state.sigma2_init
     lo = state.sigma2_est
     if kind == "full" or it >= c.anneal_start_iter + c.anneal_iters:
         s2 = lo.copy()
