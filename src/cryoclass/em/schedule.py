@@ -47,7 +47,7 @@ UNCERTAINTY_MARGINAL = 1.0
 
 
 def uncertainty_factor(cfg: Config) -> float:
-    """The factor f of :func:`sigma2_used`: configured, else by the pose treatment.
+    """Return the factor f of :func:`sigma2_used`: configured, else by the pose treatment.
 
     Inflating the noise keeps force max's best-pose assignments uncertain while the classes
     are poor. A run that marginalizes over every pose (force max off, exhaustive search)
@@ -65,8 +65,9 @@ def uncertainty_factor(cfg: Config) -> float:
 def sigma2_used(state, it: int, kind: str, cfg: Config, geom: Geometry):
     r"""Noise variance used by the E-step of iteration ``it``.
 
-    ``f^2 sigma2_init`` (f from :func:`uncertainty_factor`) until ``anneal_start_iter``, then a geometric interpolation to
-    the current estimate over ``anneal_iters`` iterations, then the estimate; final full
+    ``f^2 sigma2_init`` (f from :func:`uncertainty_factor`) until ``anneal_start_iter``,
+    then a geometric interpolation to the current estimate over ``anneal_iters``
+    iterations, then the estimate; final full
     iterations always use the estimate. White noise: the band-averaged value, flat.
     """
     c = cfg.classify
