@@ -89,10 +89,11 @@ class Posteriors:
     best_loglik: object  # (P, K) L at the best pose of each class
     pose_weights: object | None  # (P, n_shifts, K, n_psi) within-class pose posteriors
     class_score: object  # (P, K) class log-evidence (max or log-marginal over poses)
+    pose_mass: object | None = None  # (P, K) best pose's mass within each class
 
 
-def top_coarse_poses(loglik, n_classes: int, log_prior_shift, n_best: int):
-    """Return the ``n_best`` best coarse poses of each class: shift and psi indices (P, K, n).
+def class_pose_table(loglik, n_classes: int, log_prior_shift):
+    """Log-likelihoods plus the shift prior, per class: (P, K, n_shifts * n_psi).
 
     Parameters
     ----------
@@ -100,15 +101,31 @@ def top_coarse_poses(loglik, n_classes: int, log_prior_shift, n_best: int):
     """
     xp = array_namespace(loglik)
     p, n_t, kr = loglik.shape
-    n_psi = kr // n_classes
-    lp = loglik.reshape(p, n_t, n_classes, n_psi) + log_prior_shift[None, :, None, None]
-    flat = xp.moveaxis(lp, 2, 1).reshape(p, n_classes, n_t * n_psi)
+    lp = loglik.reshape(p, n_t, n_classes, kr // n_classes) + log_prior_shift[None, :, None, None]
+    return xp.moveaxis(lp, 2, 1).reshape(p, n_classes, n_t * (kr // n_classes))
+
+
+def top_coarse_poses(loglik, n_classes: int, log_prior_shift, n_best: int):
+    """Return the ``n_best`` best coarse poses of each class and the best pose's mass.
+
+    Parameters
+    ----------
+    loglik : real (P, n_shifts, K * n_psi)
+
+    Returns
+    -------
+    shift and psi indices (P, K, n_best), and :func:`best_pose_mass` (P, K)
+    """
+    xp = array_namespace(loglik)
+    n_psi = loglik.shape[2] // n_classes
+    flat = class_pose_table(loglik, n_classes, log_prior_shift)
     n_best = min(n_best, flat.shape[2])
     if n_best == 1:
         top = flat.argmax(axis=2)[..., None]
     else:
         top = xp.argpartition(-flat, n_best - 1, axis=2)[..., :n_best]
-    return top // n_psi, top % n_psi
+    mass = xp.exp(flat.max(axis=2) - logsumexp(flat, axis=2))
+    return top // n_psi, top % n_psi, mass
 
 
 def best_pose_mass(loglik, n_classes: int, log_prior_shift):
@@ -123,9 +140,7 @@ def best_pose_mass(loglik, n_classes: int, log_prior_shift):
     loglik : real (P, n_shifts, K * n_psi)
     """
     xp = array_namespace(loglik)
-    p, n_t, kr = loglik.shape
-    lp = loglik.reshape(p, n_t, n_classes, kr // n_classes) + log_prior_shift[None, :, None, None]
-    flat = xp.moveaxis(lp, 2, 1).reshape(p, n_classes, -1)
+    flat = class_pose_table(loglik, n_classes, log_prior_shift)
     return xp.exp(flat.max(axis=2) - logsumexp(flat, axis=2))
 
 
@@ -145,9 +160,8 @@ def posteriors(loglik, n_classes: int, log_prior_shift, log_prior_class, force_m
     xp = array_namespace(loglik)
     p, n_t, kr = loglik.shape
     n_psi = kr // n_classes
-    lp = loglik.reshape(p, n_t, n_classes, n_psi) + log_prior_shift[None, :, None, None]
+    flat = class_pose_table(loglik, n_classes, log_prior_shift)  # (P, K, n_t*n_psi)
     # best pose per class
-    flat = xp.moveaxis(lp, 2, 1).reshape(p, n_classes, n_t * n_psi)  # (P, K, n_t*n_psi)
     arg = flat.argmax(axis=2)
     best_val = xp.take_along_axis(flat, arg[..., None], axis=2)[..., 0]
     best_shift = arg // n_psi
@@ -156,17 +170,19 @@ def posteriors(loglik, n_classes: int, log_prior_shift, log_prior_class, force_m
         xp.moveaxis(loglik.reshape(p, n_t, n_classes, n_psi), 2, 1).reshape(p, n_classes, -1),
         arg[..., None], axis=2)[..., 0]
     weights = None
+    lse = logsumexp(flat, axis=2)
+    mass = xp.exp(best_val - lse)  # best_pose_mass, from the same table
     if force_max:
         score = best_val
     else:
-        score = logsumexp(flat, axis=2) - np.log(n_psi)
+        score = lse - np.log(n_psi)
         w = xp.exp(flat - (score + np.log(n_psi))[..., None])  # sums to 1 over poses
         weights = xp.moveaxis(w.reshape(p, n_classes, n_t, n_psi), 1, 2)  # (P, n_t, K, n_psi)
     logits = score.astype(np.float64) + log_prior_class[None, :]
     logits = logits - logits.max(axis=1, keepdims=True)
     cp = xp.exp(logits)
     cp /= cp.sum(axis=1, keepdims=True)
-    return Posteriors(cp, best_shift, best_psi, best_ll, weights, score)
+    return Posteriors(cp, best_shift, best_psi, best_ll, weights, score, mass)
 
 
 def effective_sample_size(class_post):

@@ -168,7 +168,6 @@ class PoseSearch:
         ll = estep.pose_loglik(y[:, self.align], ctf[:, self.align], self.inv_s2w_a,
                                self.refs3_a.reshape(k * self.n_psi, -1), self.phases_a)
         post = estep.posteriors(ll, k, self.lp_shift, self.lp_class, self.force_max)
-        mass = estep.best_pose_mass(ll, k, self.lp_shift)
         del ll
         if timer:
             timer("t_fine")
@@ -176,14 +175,13 @@ class PoseSearch:
                           self.ab_f[post.best_shift], post.best_psi,
                           exhaustive=None if self.force_max else post,
                           flops=gemm_flops(y.shape[0], self.n_t, self.level.align.size,
-                                           self.n_r), pose_mass=mass)
+                                           self.n_r), pose_mass=post.pose_mass)
 
     def _search_c2f(self, y, ctf, timer) -> ChunkPoses:
         xp, k, p = self.xp, self.k, y.shape[0]
         ll_c = estep.pose_loglik(y[:, self.coarse], ctf[:, self.coarse], self.inv_s2w_c,
                                  self.refs_c, self.phases_c)
-        t_top, psi_top = estep.top_coarse_poses(ll_c, k, self.lp_c, N_COARSE)  # (P, K, N)
-        mass = estep.best_pose_mass(ll_c, k, self.lp_c)
+        t_top, psi_top, mass = estep.top_coarse_poses(ll_c, k, self.lp_c, N_COARSE)
         del ll_c
         flops = gemm_flops(p, self.n_t, self.level.coarse.size, self.n_r)
         if timer:
