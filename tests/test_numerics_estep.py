@@ -292,6 +292,33 @@ def test_accumulate_marginal_matches_loop(xp, dtype):
     assert_allclose(host(den), den_ref, rtol=0, atol=tol * 10)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_accumulate_marginal_kept_rows_only(xp, dtype):
+    """Only the kept (particle, shift) rows are backprojected, with all their weights."""
+    g, ctf2, phases, half, weights, post, (k, n_psi) = accum_problem(6)
+    p, m = g.shape
+    n_t = phases.shape[0]
+    keep = np.random.default_rng(3).uniform(size=(p, n_t)) < 0.4
+    keep[0] = False  # a particle with nothing kept
+    num_ref = np.zeros((2 * k * n_psi, m), complex)
+    den_ref = np.zeros((2 * k * n_psi, m))
+    for i, t in zip(*np.nonzero(keep)):
+        for c in range(k):
+            for j in range(n_psi):
+                wt = post.pose_weights[i, t, c, j] * weights[i, c]
+                b = (half[i] * k + c) * n_psi + j
+                num_ref[b] += wt * g[i] * np.conj(phases[t])
+                den_ref[b] += wt * ctf2[i]
+    num = xp.zeros((2 * k * n_psi, m), dtype=np.complex128)
+    den = xp.zeros((2 * k * n_psi, m), dtype=np.float64)
+    gd, c2d, phd, wd = cast(xp, dtype, g, ctf2, phases, weights)
+    accumulate_marginal(num, den, gd, c2d, phd, _to(xp, dtype, post), xp.asarray(half), wd,
+                        keep=xp.asarray(keep))
+    tol = 20 * rtol_for(dtype)
+    assert_allclose(host(num), num_ref, rtol=0, atol=tol * 10)
+    assert_allclose(host(den), den_ref, rtol=0, atol=tol * 10)
+
+
 def test_accumulate_marginal_one_half_only():
     g, ctf2, phases, half, weights, post, (k, n_psi) = accum_problem(8)
     num = np.zeros((2 * k * n_psi, g.shape[1]), complex)

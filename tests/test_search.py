@@ -108,6 +108,48 @@ def test_marginal_backprojection_matches_a_loop_over_local_poses(monkeypatch):
     assert kept.sum() < kept.size  # the default fraction prunes something here
 
 
+def test_exhaustive_marginal_backprojection_keeps_the_significant_rows(monkeypatch):
+    """Force max off, exhaustive: the backprojection leaves out only the (particle, shift)
+    rows outside SIGNIFICANT_MASS of each particle's weight; with fraction 1 it is the
+    dense sum over every pose."""
+    from cryoclass.em.driver import chunk_ctf
+    from cryoclass.geometry import make_geometry
+    from cryoclass.numerics import estep
+    from cryoclass.numerics import search as search_mod
+
+    table, _ = make_problem(n_per=8, snr=0.3, seed=2)
+    cfg = load_config(None, OPTS + ["classify.force_max=false", "search.mode=exhaustive"])
+    geom = make_geometry(table.box_px, 4.0, cfg)
+    shard = load_shard(table, geom, Comm(None), 0, np)
+    classes = np.random.default_rng(3).standard_normal((3, geom.work_box, geom.work_box))
+    level = make_level(geom, 20.0)
+    rows = np.arange(shard.n_local)
+    y, ctf = shard.store.take(rows), chunk_ctf(shard, rows, geom, cfg, np)
+    ps = search_mod.PoseSearch((classes * 0.05).astype(np.float32), np.full(geom.n_shells, 2.0),
+                               geom, level, False)
+    assert not ps.c2f
+    poses = ps.search(y, ctf)
+    post, cp, half = poses.exhaustive, poses.class_post, shard.half
+    bp = level.bp
+    g = (ctf[:, bp] * y[:, bp]) * ps.inv_s2_b
+    ctf2 = (ctf[:, bp] ** 2) * ps.inv_s2_b
+    k, n_psi = cp.shape[1], level.psi_rad.size
+    dense = [np.zeros((2 * k * n_psi, bp.size), complex), np.zeros((2 * k * n_psi, bp.size))]
+    estep.accumulate_marginal(*dense, g, ctf2, ps.phases[:, bp], post, half, cp)
+    row_mass = (post.pose_weights.sum(axis=3) * cp[:, None, :]).sum(axis=2)
+    for fraction, tol in ((1.0, 1e-4), (0.999, 2e-3)):
+        monkeypatch.setattr(search_mod, "SIGNIFICANT_MASS", fraction)
+        num, den = np.zeros_like(dense[0]), np.zeros_like(dense[1])
+        ps.backproject(num, den, y, ctf, poses, cp, half)
+        assert np.abs(num - dense[0]).max() <= tol * np.abs(dense[0]).max(), fraction
+        assert np.abs(den - dense[1]).max() <= tol * dense[1].max(), fraction
+        if fraction < 1:  # rows really are left out: bins only they reached stay empty
+            assert (den == 0).sum() > (dense[1] == 0).sum()
+    kept = search_mod.significant(row_mass)
+    assert kept.sum() < kept.size  # the default fraction leaves rows out here
+    assert (row_mass * kept).sum(axis=1).min() >= 0.999 * row_mass.sum(axis=1).min() - 1e-6
+
+
 def test_fit_statistics_of_the_best_pose_match_its_log_likelihood():
     """cross_cor - slice_pow / 2 is the pose's log-likelihood ratio (the search's best value
     less its shift prior); resid_pow = image_pow - 2 cross_cor + slice_pow; alpha fits."""

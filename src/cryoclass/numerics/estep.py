@@ -366,8 +366,15 @@ def _run_sums_cumsum(mat, cols, w, first, dtype):
     return sums
 
 
-def accumulate_marginal(num, den, g, ctf2, phases_full, post: Posteriors, half, weights):
-    """Add one chunk's pose-marginalized contributions (two GEMMs per half-set)."""
+def accumulate_marginal(num, den, g, ctf2, phases_full, post: Posteriors, half, weights,
+                        keep=None):
+    """Add one chunk's pose-marginalized contributions (two GEMMs per half-set).
+
+    ``keep`` (bool (P, n_shifts), optional) selects the (particle, shift) rows that are
+    backprojected with all their (class, psi) weights; the others are left out (default:
+    every row). The numerator is one GEMM of the kept rows' weights against their
+    shifted particles, the denominator the kept weights summed over shifts times CTF^2.
+    """
     xp = array_namespace(g)
     p, n_t, k, n_psi = post.pose_weights.shape
     for h in (0, 1):
@@ -375,9 +382,16 @@ def accumulate_marginal(num, den, g, ctf2, phases_full, post: Posteriors, half, 
         if sel.size == 0:
             continue
         pw = post.pose_weights[sel] * weights[sel][:, None, :, None]  # (p_h, n_t, K, n_psi)
-        gs = g[sel][:, None, :] * xp.conj(phases_full)[None]  # (p_h, n_t, M_f)
-        gf = _real_view(gs).reshape(sel.size * n_t, -1)
-        wmat = pw.reshape(sel.size * n_t, k * n_psi).astype(gf.dtype)
+        if keep is None:
+            ii, tt = xp.meshgrid(xp.arange(sel.size), xp.arange(n_t), indexing="ij")
+            ii, tt = ii.reshape(-1), tt.reshape(-1)
+        else:
+            pw = pw * keep[sel][:, :, None, None]
+            ii, tt = xp.nonzero(keep[sel])
+        if ii.size == 0:
+            continue
+        gf = _real_view(g[sel[ii]] * xp.conj(phases_full)[tt])  # (rows, 2 M_f)
+        wmat = pw[ii, tt].reshape(ii.size, k * n_psi).astype(gf.dtype)
         acc = (wmat.T @ gf).astype(np.float64)  # (K n_psi, 2 M_f)
         rows = slice(h * k * n_psi, (h + 1) * k * n_psi)
         num[rows] += acc.view(np.complex128)

@@ -261,8 +261,11 @@ class PoseSearch:
                                        wsum[ii, kc, cb, dd])
         else:
             phases = self.phases if self.full_bp else self.phases[:, self.bp]
-            estep.accumulate_marginal(num_bins, den_bins, g, ctf2, phases,
-                                      poses.exhaustive, half, weights)
+            post = poses.exhaustive
+            # the (particle, shift) rows holding SIGNIFICANT_MASS of each particle's weight
+            row_mass = (post.pose_weights.sum(axis=3) * weights[:, None, :]).sum(axis=2)
+            estep.accumulate_marginal(num_bins, den_bins, g, ctf2, phases, post, half,
+                                      weights, keep=significant(row_mass))
 
     def model_at(self, ctf, cls, shift, psi):
         """Model ``CTF S_t R_psi A_k`` (P, M_l) at the given poses (lattice shifts).
