@@ -25,11 +25,13 @@ def mpirun(n, *args, timeout=300, **kw):
                           capture_output=True, text=True, timeout=timeout, env=env, **kw)
 
 
-def test_same_classes_and_poses_on_1_2_3_ranks(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["classify.marginalize_poses=always"]],
+                         ids=["defaults", "marginal_over_every_pose"])
+def test_same_classes_and_poses_on_1_2_3_ranks(tmp_path, extra):
     out = {}
     for n in (1, 2, 3):
         f = tmp_path / f"r{n}.npz"
-        r = mpirun(n, HERE / "mpi" / "run_fixture.py", f)
+        r = mpirun(n, HERE / "mpi" / "run_fixture.py", f, *extra)
         assert r.returncode == 0, r.stderr[-2000:]
         out[n] = np.load(f)
     for n in (2, 3):
