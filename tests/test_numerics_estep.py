@@ -268,40 +268,20 @@ def test_accumulate_force_max_nothing_to_add():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_accumulate_marginal_matches_loop(xp, dtype):
+@pytest.mark.parametrize("kept", ["all_rows", "some_rows"])
+def test_accumulate_marginal_matches_loop(xp, dtype, kept):
+    """The two GEMMs equal the loop over every (kept) (particle, shift) row and pose."""
     g, ctf2, phases, half, weights, post, (k, n_psi) = accum_problem(6)
     p, m = g.shape
     n_t = phases.shape[0]
     rng = np.random.default_rng(7)
     num0 = crandn(rng, 2 * k * n_psi, m)
     den0 = rng.uniform(0, 1, (2 * k * n_psi, m))
+    keep = np.ones((p, n_t), bool)
+    if kept == "some_rows":
+        keep = rng.uniform(size=(p, n_t)) < 0.4
+        keep[0] = False  # a particle with nothing kept
     num_ref, den_ref = num0.copy(), den0.copy()
-    for i in range(p):
-        for t in range(n_t):
-            for c in range(k):
-                for j in range(n_psi):
-                    wt = post.pose_weights[i, t, c, j] * weights[i, c]
-                    b = (half[i] * k + c) * n_psi + j
-                    num_ref[b] += wt * g[i] * np.conj(phases[t])
-                    den_ref[b] += wt * ctf2[i]
-    num, den = xp.asarray(num0), xp.asarray(den0)
-    gd, c2d, phd, wd = cast(xp, dtype, g, ctf2, phases, weights)
-    accumulate_marginal(num, den, gd, c2d, phd, _to(xp, dtype, post), xp.asarray(half), wd)
-    tol = 20 * rtol_for(dtype)
-    assert_allclose(host(num), num_ref, rtol=0, atol=tol * 10)
-    assert_allclose(host(den), den_ref, rtol=0, atol=tol * 10)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_accumulate_marginal_kept_rows_only(xp, dtype):
-    """Only the kept (particle, shift) rows are backprojected, with all their weights."""
-    g, ctf2, phases, half, weights, post, (k, n_psi) = accum_problem(6)
-    p, m = g.shape
-    n_t = phases.shape[0]
-    keep = np.random.default_rng(3).uniform(size=(p, n_t)) < 0.4
-    keep[0] = False  # a particle with nothing kept
-    num_ref = np.zeros((2 * k * n_psi, m), complex)
-    den_ref = np.zeros((2 * k * n_psi, m))
     for i, t in zip(*np.nonzero(keep)):
         for c in range(k):
             for j in range(n_psi):
@@ -309,11 +289,10 @@ def test_accumulate_marginal_kept_rows_only(xp, dtype):
                 b = (half[i] * k + c) * n_psi + j
                 num_ref[b] += wt * g[i] * np.conj(phases[t])
                 den_ref[b] += wt * ctf2[i]
-    num = xp.zeros((2 * k * n_psi, m), dtype=np.complex128)
-    den = xp.zeros((2 * k * n_psi, m), dtype=np.float64)
+    num, den = xp.asarray(num0), xp.asarray(den0)
     gd, c2d, phd, wd = cast(xp, dtype, g, ctf2, phases, weights)
     accumulate_marginal(num, den, gd, c2d, phd, _to(xp, dtype, post), xp.asarray(half), wd,
-                        keep=xp.asarray(keep))
+                        keep=None if kept == "all_rows" else xp.asarray(keep))
     tol = 20 * rtol_for(dtype)
     assert_allclose(host(num), num_ref, rtol=0, atol=tol * 10)
     assert_allclose(host(den), den_ref, rtol=0, atol=tol * 10)
