@@ -124,8 +124,7 @@ def top_coarse_poses(loglik, n_classes: int, log_prior_shift, n_best: int):
         top = flat.argmax(axis=2)[..., None]
     else:
         top = xp.argpartition(-flat, n_best - 1, axis=2)[..., :n_best]
-    mass = xp.exp(flat.max(axis=2) - logsumexp(flat, axis=2))
-    return top // n_psi, top % n_psi, mass
+    return top // n_psi, top % n_psi, _best_mass(flat.max(axis=2), logsumexp(flat, axis=2))
 
 
 def best_pose_mass(loglik, n_classes: int, log_prior_shift):
@@ -139,9 +138,13 @@ def best_pose_mass(loglik, n_classes: int, log_prior_shift):
     ----------
     loglik : real (P, n_shifts, K * n_psi)
     """
-    xp = array_namespace(loglik)
     flat = class_pose_table(loglik, n_classes, log_prior_shift)
-    return xp.exp(flat.max(axis=2) - logsumexp(flat, axis=2))
+    return _best_mass(flat.max(axis=2), logsumexp(flat, axis=2))
+
+
+def _best_mass(best, lse):
+    """:func:`best_pose_mass` from a class's best value and log-sum-exp over its poses."""
+    return array_namespace(best).exp(best - lse)
 
 
 def posteriors(loglik, n_classes: int, log_prior_shift, log_prior_class, force_max: bool):
@@ -171,7 +174,7 @@ def posteriors(loglik, n_classes: int, log_prior_shift, log_prior_class, force_m
         arg[..., None], axis=2)[..., 0]
     weights = None
     lse = logsumexp(flat, axis=2)
-    mass = xp.exp(best_val - lse)  # best_pose_mass, from the same table
+    mass = _best_mass(best_val, lse)  # best_pose_mass, from the same table
     if force_max:
         score = best_val
     else:
@@ -377,17 +380,14 @@ def accumulate_marginal(num, den, g, ctf2, phases_full, post: Posteriors, half, 
     """
     xp = array_namespace(g)
     p, n_t, k, n_psi = post.pose_weights.shape
+    if keep is None:
+        keep = xp.ones((p, n_t), dtype=bool)
     for h in (0, 1):
         sel = xp.nonzero(half == h)[0]
         if sel.size == 0:
             continue
-        pw = post.pose_weights[sel] * weights[sel][:, None, :, None]  # (p_h, n_t, K, n_psi)
-        if keep is None:
-            ii, tt = xp.meshgrid(xp.arange(sel.size), xp.arange(n_t), indexing="ij")
-            ii, tt = ii.reshape(-1), tt.reshape(-1)
-        else:
-            pw = pw * keep[sel][:, :, None, None]
-            ii, tt = xp.nonzero(keep[sel])
+        pw = post.pose_weights[sel] * (weights[sel][:, None, :, None] * keep[sel][:, :, None, None])
+        ii, tt = xp.nonzero(keep[sel])  # the kept (particle, shift) rows
         if ii.size == 0:
             continue
         gf = _real_view(g[sel[ii]] * xp.conj(phases_full)[tt])  # (rows, 2 M_f)
