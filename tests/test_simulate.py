@@ -55,6 +55,7 @@ def rotate_shift(img, psi_deg, t_xy):
     {"n_species": 0}, {"views_per_species": -1}, {"shift_sigma_px": -1.0},
     {"defocus_range_A": (20000.0, 10000.0)}, {"astig_max_A": 20000.0},
     {"species_fractions": (1.0, 2.0)}, {"chunk": 0}, {"snr": float("nan")},
+    {"contrast_sd": -0.1}, {"contrast_sd": 1.5},
 ])
 def test_bad_params_raise_input_error(bad):
     with pytest.raises(InputError):
@@ -99,6 +100,26 @@ def test_reproducible_and_chunk_independent():
 
 
 # --- image formation ------------------------------------------------------------------
+
+def test_contrast_spread_scales_each_particle_and_keeps_the_rest():
+    base = dataclasses.replace(SMALL, n_particles=200)
+    spread = dataclasses.replace(base, contrast_sd=0.3)
+    _, clean0, t0 = simulate_images(base, noise=False)
+    img1, clean1, t1 = simulate_images(spread, noise=False)
+    np.testing.assert_array_equal(t0["contrast"], 1.0)
+    c = t1["contrast"]
+    # exp(s z - s^2): log-normal, E[c^2] = 1, the requested spread of log c
+    assert abs(np.std(np.log(c)) - 0.3) < 0.05 and abs(np.mean(c * c) - 1.0) < 0.15
+    for key in ("rotation", "psi_deg", "shift_x_px", "defocus_u_A", "junk_type"):
+        np.testing.assert_array_equal(t0[key], t1[key])  # every other draw is unchanged
+    real = t1["source_species"] >= 0
+    dup = t1["duplicate_of"] >= 0
+    np.testing.assert_allclose(c[dup], c[t1["duplicate_of"][dup]])  # one object, one contrast
+    # each noise-free image is its contrast times the same image without the spread
+    np.testing.assert_allclose(clean1[real], clean0[real] * c[real, None, None].astype(np.float32),
+                               rtol=1e-4, atol=1e-5 * np.abs(clean0).max())
+
+
 
 def test_particle_is_rotated_shifted_projection():
     p = dataclasses.replace(SMALL, n_particles=40, junk_fraction=0.0, duplicate_fraction=0.0,

@@ -48,7 +48,7 @@ def truth_arrays(sim: Simulator) -> dict[str, np.ndarray]:
         Per-row arrays (length N): ``species`` (-1 junk), ``source_species`` (species
         whose projection is in the image, also for off-centre junk), ``junk_type`` (str,
         "" for real particles), ``view_index`` (-1 continuous or none), ``rotation``
-        (N, 3, 3) view rotation R_v, ``psi_deg``, ``shift_x_px``, ``shift_y_px``,
+        (N, 3, 3) view rotation R_v, ``psi_deg``, ``shift_x_px``, ``shift_y_px``, ``contrast``,
         ``duplicate_of`` (row of the original or -1), ``object_id``, ``defocus_u_A``,
         ``defocus_v_A``, ``defocus_angle_deg``, ``micrograph``, ``index_in_stack``,
         ``location_x_px``, ``location_y_px``, ``centre_x_px``, ``centre_y_px``;
@@ -68,6 +68,7 @@ def truth_arrays(sim: Simulator) -> dict[str, np.ndarray]:
         "psi_deg": pl.psi_deg,
         "shift_x_px": pl.shift_px[:, 0],
         "shift_y_px": pl.shift_px[:, 1],
+        "contrast": pl.contrast,
         "duplicate_of": pl.duplicate_of,
         "object_id": pl.object_id,
         "defocus_u_A": pl.defocus_u_A,

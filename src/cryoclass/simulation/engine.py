@@ -73,7 +73,7 @@ def _image_key(params: SimulationParams) -> SimulationParams:
     """
     return dataclasses.replace(params, n_particles=1, chunk=1, junk_fraction=0.0,
                                junk_types=DEFAULT_JUNK_TYPES, duplicate_fraction=0.0,
-                               particles_per_micrograph=1, snr=1.0)
+                               particles_per_micrograph=1, snr=1.0, contrast_sd=0.0)
 
 
 _VIEW_CACHE: dict[SimulationParams, list[np.ndarray]] = {}
@@ -347,7 +347,7 @@ class Simulator:
                                               pl.shift_px[r])
         for j in np.nonzero((code == _AGG) | (code == _BROKEN))[0]:
             signal[j] = self._junk_signal(int(rows[j]), int(code[j]))
-        signal *= np.float32(self.scale)
+        signal *= (self.scale * pl.contrast[rows]).astype(np.float32)[:, None, None]
         clean = self.ctf_modulate(signal, pl.defocus_u_A[rows], pl.defocus_v_A[rows],
                                   pl.defocus_angle_deg[rows])
         for j in np.nonzero(code == _ICE)[0]:

@@ -95,6 +95,10 @@ class SimulationParams:
         Fraction of the physical (non-junk) particles that are picked a second time.
     shift_sigma_px : float
         Standard deviation of the true in-plane shift per axis (px), clipped at 3 sigma.
+    contrast_sd : float
+        Spread of a per-object contrast factor (ice thickness, local dose): each
+        particle's signal is multiplied by ``c = exp(s z - s^2)``, ``z ~ N(0, 1)``, so
+        that ``E[c^2] = 1`` keeps the SNR; 0 (the default) gives every particle ``c = 1``.
     defocus_range_A : tuple of float
         Defocus U is uniform in this range (Å, underfocus positive).
     astig_max_A : float
@@ -133,6 +137,7 @@ class SimulationParams:
     off_centre_edge: bool = False
     duplicate_fraction: float = 0.05
     shift_sigma_px: float = 2.0
+    contrast_sd: float = 0.0
     defocus_range_A: tuple[float, float] = (10000.0, 25000.0)
     astig_max_A: float = 600.0
     ctf: bool = True
@@ -274,6 +279,8 @@ class SimulationParams:
                 bad(f"{name.replace('_', ' ')} must be in [0, 1), got {v}")
         if finite("shift_sigma_px") < 0:
             bad(f"shift sigma must be >= 0 px, got {self.shift_sigma_px}")
+        if not 0.0 <= finite("contrast_sd") <= 1.0:
+            bad(f"contrast spread must be in [0, 1], got {self.contrast_sd}")
         if len(self.defocus_range_A) != 2:
             bad(f"defocus range needs two values (min, max) in Å, got {self.defocus_range_A}")
         lo, hi = self.defocus_range_A
@@ -356,6 +363,9 @@ _VALUE_FLAGS: tuple[tuple[str, str, object, str, str], ...] = (
      "fraction of real particles picked twice, in [0, 1) (default %(default)s)"),
     ("--shift-sigma", "shift_sigma_px", float, "PX",
      "sigma of the true shift per axis in px, clipped at 3 sigma (default %(default)s)"),
+    ("--contrast-sd", "contrast_sd", float, "S",
+     "spread of the per-particle contrast factor exp(S z - S^2), z normal (ice thickness); "
+     "0 = every particle at the same contrast (default %(default)s)"),
     ("--defocus-range", "defocus_range_A", _floats, "MIN,MAX",
      "range of defocus U in Å (default 10000,25000)"),
     ("--astig-max", "astig_max_A", float, "A",

@@ -34,6 +34,7 @@ STREAM_PLAN = 2
 STREAM_NOISE = 3
 STREAM_JUNK = 4
 STREAM_CALIBRATION = 5
+STREAM_CONTRAST = 6
 
 #: Distance between the picks of a duplicate and its original (Å).
 DUPLICATE_DISTANCE_A = (20.0, 60.0)
@@ -123,6 +124,7 @@ class Plan:
     rotation: np.ndarray  # (N, 3, 3) view rotation R_v
     psi_deg: np.ndarray  # (N,)
     shift_px: np.ndarray  # (N, 2) true shift t (x, y) in px
+    contrast: np.ndarray  # (N,) signal factor of the physical object (1 without a spread)
     defocus_u_A: np.ndarray
     defocus_v_A: np.ndarray
     defocus_angle_deg: np.ndarray
@@ -188,6 +190,10 @@ def make_plan(params: SimulationParams, views: list[np.ndarray],
     if n_orig == 0 and n_dup > 0:
         n_orig, n_dup = n_dup, 0
     n_obj = n_orig + n_junk
+    # own stream: a spread leaves every other draw of the seed as it was
+    s_c = params.contrast_sd
+    contrast = np.exp(s_c * rng_for(params.seed, STREAM_CONTRAST).standard_normal(n_obj)
+                      - s_c * s_c) if s_c > 0 else np.ones(n_obj)
 
     # physical objects: originals first, then junk
     poses = draw_poses(rng, n_obj, params, views, is_filament)
@@ -286,6 +292,7 @@ def make_plan(params: SimulationParams, views: list[np.ndarray],
         rotation=rows(rotation[obj_id]),
         psi_deg=rows(psi[obj_id]),
         shift_px=rows(cat(shift, dshift)),
+        contrast=rows(contrast[obj_id]),
         defocus_u_A=rows(poses.defocus_u_A[obj_id]),
         defocus_v_A=rows(poses.defocus_v_A[obj_id]),
         defocus_angle_deg=rows(poses.defocus_angle_deg[obj_id]),
