@@ -40,7 +40,7 @@ needs_cstools = pytest.mark.skipif(
     not HAVE_CSTOOLS, reason="cryosparc-tools not installed; `make interop-tools` installs it")
 pytestmark = pytest.mark.mpi
 
-CLASSIFY_ARGS = ["--classes", "4", "--max-res", "12", "--online-iters", "3",
+CLASSIFY_ARGS = ["--classes", "4", "--max-res", "12", "--online-iters", "3", "--final-iters", "1",
                  "--batch-per-class", "30", "--psi-step", "10",
                  "--set", "classify.anneal_iters=1", "--no-plots", "--no-progress"]
 EXTRA_CS_FIELDS = {F.CS_BLOB_SIGN: np.float32(-1.0), F.CS_CTF_TYPE: b"imported",

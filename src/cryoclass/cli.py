@@ -139,7 +139,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-per-class", type=int, metavar="N",
                    help="particles per class per online-EM iteration (default 100)")
     g.add_argument("--final-iters", type=int, metavar="N",
-                   help="final full iterations (default 1)")
+                   help="final full iterations over all particles (default 3)")
     g.add_argument("--no-force-max", action="store_true",
                    help="marginalize over poses instead of using the best pose")
     g.add_argument("--exhaustive", action="store_true",

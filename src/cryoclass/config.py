@@ -41,7 +41,7 @@ class ClassifyConfig:
     white_noise: bool = False
     online_em_iters: int = 20
     batch_size_per_class: int = 100
-    final_full_iters: int = 1
+    final_full_iters: int = 3
     force_max: bool = True
     marginalize_poses: str = "auto"
     hard_classification: bool = False
