@@ -259,3 +259,17 @@ def test_more_classes_than_particles_is_refused():
     cfg = load_config(None, ["classify.n_classes=10"])
     with pytest.raises(InputError, match="classes"):
         classify(table, cfg, Comm(None))
+
+
+def test_three_final_full_iterations_by_default_each_over_every_particle():
+    """The default ends with three passes over all particles (docs/accuracy.md 5.11);
+    only the last one classifies hard."""
+    res, _, cfg = run(["classify.online_em_iters=2", "classify.hard_classification=true"],
+                      snr=0.03)  # low enough that the first full pass stays soft
+    assert cfg.classify.final_full_iters == 3
+    full = [h for h in res.state.history if h["kind"] == "full"]
+    assert [h["sub"] for h in full] == [1, 2, 3]
+    n = res.particles.class_index.size
+    assert all(h["n_particles"] == n for h in full)
+    assert np.allclose(full[-1]["mstep_weights"], full[-1]["class_counts"])  # hard
+    assert not np.allclose(full[0]["mstep_weights"], full[0]["class_counts"])  # soft

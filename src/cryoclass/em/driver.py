@@ -314,7 +314,9 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, level: Level,
         rows_all = local_members(members, shard.start, shard.stop)
     else:
         rows_all = np.arange(shard.n_local)
-    hard = kind == "full" and c.hard_classification
+    # hard classification in the run's last iteration only (docs/algorithm.md)
+    hard = (kind == "full" and c.hard_classification
+            and it == c.online_em_iters + c.final_full_iters - 1)
 
     tm = {key: 0.0 for key in PHASES}
     flops = 0.0
