@@ -2,11 +2,11 @@
 
     python launch/fragment_evidence.py [--res A] [--n N] [--snr S] [--seed SEED]
 
-Draws N fragments by the hard preset's recipe (cryoclass simulate: the atoms on one side of
-a random plane, keep fraction in BROKEN_KEEP_RANGE, re-centred on their own centre of
-mass, a uniformly random view and psi, a random defocus and astigmatism in the preset's
-ranges) and compares each with the whole particle P at the same rotation, the best class
-an ideal classifier could offer it. With the noise whitening and CTF weighting of the
+Draws N fragments by the hard preset's recipe (cryoclass simulate: the atoms that
+``simulation.engine.broken_atoms`` keeps, re-centred on their own centre of mass, a
+uniformly random view and psi, a random defocus and astigmatism in the preset's ranges)
+and compares each with the whole particle P at the same rotation, the best class an ideal
+classifier could offer it. With the noise whitening and CTF weighting of the
 likelihood on |q| <= 1/res (the level the classes reach at SNR 0.05, about 15 Å), in units
 of the noise, ``E = <P, P>_w`` and ``f_eff = max_t <S_t F, P>_w / E`` over shifts inside the
 default search radius (D/8). The log-likelihood ratio of class P against the empty model
@@ -25,7 +25,7 @@ import numpy as np
 from scipy.stats import norm
 
 from cryoclass.simulation import render
-from cryoclass.simulation.engine import BROKEN_KEEP_RANGE, Simulator
+from cryoclass.simulation.engine import Simulator, broken_atoms
 from cryoclass.simulation.params import PRESETS, SimulationParams
 from cryoclass.simulation.views import random_rotations, rot_z
 
@@ -57,10 +57,7 @@ def main() -> None:
     inside = np.hypot(d[None, :], d[:, None]) <= p.particle_diameter_A / 8 / px
     f_eff, keep_frac, power = [], [], []
     for _ in range(a.n):
-        u = rng.standard_normal(3)
-        side = ph.coords_A @ (u / np.linalg.norm(u))
-        frac = rng.uniform(*BROKEN_KEEP_RANGE)
-        keep = side <= np.quantile(side, frac)
+        keep = broken_atoms(ph.coords_A, rng)
         rot = rot_z(np.deg2rad(rng.uniform(0.0, 360.0, 1))) @ random_rotations(rng, 1)
         zero = np.zeros((1, 2))
         whole = render.project(ph.coords_A, rot, zero, ph.sigma_A, ph.weight, n, px)[0]
@@ -76,7 +73,7 @@ def main() -> None:
         pp = (herm * w * np.abs(pf) ** 2).sum()
         cc = np.fft.irfft2(w * np.conj(pf) * ff, s=(n, n)) * n * n  # <S_t F, P>_w, every t
         f_eff.append(cc[inside].max() / pp)
-        keep_frac.append(frac)
+        keep_frac.append(keep.mean())
         power.append(sim.scale**2 * pp / n**2)  # in units of the (whitened) noise
     f_eff, keep_frac, power = map(np.asarray, (f_eff, keep_frac, power))
     mean, std = (f_eff - 0.5) * power, np.sqrt(power)

@@ -315,8 +315,7 @@ def run_iteration(state: ModelState, shard: Shard, geom: Geometry, level: Level,
     else:
         rows_all = np.arange(shard.n_local)
     # hard classification in the run's last iteration only (docs/algorithm.md)
-    hard = (kind == "full" and c.hard_classification
-            and it == c.online_em_iters + c.final_full_iters - 1)
+    hard = kind == "full" and c.hard_classification and it == len(schedule(cfg)) - 1
 
     tm = {key: 0.0 for key in PHASES}
     flops = 0.0

@@ -59,6 +59,17 @@ _BROKEN = JUNK_TYPES.index("broken")
 BROKEN_KEEP_RANGE = (0.33, 0.6)
 
 
+def broken_atoms(coords_A: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Atoms a broken particle keeps (bool mask).
+
+    Those on one side of a plane of random normal that holds a fraction in
+    :data:`BROKEN_KEEP_RANGE` of them.
+    """
+    u = rng.standard_normal(3)
+    side = coords_A @ (u / np.linalg.norm(u))
+    return side <= np.quantile(side, rng.uniform(*BROKEN_KEEP_RANGE))
+
+
 @functools.lru_cache(maxsize=8)
 def _phantoms(n_species: int, diameter_A: float, box_A: float, pixel_size_A: float,
               filament: bool, designs: tuple[str, ...] | None) -> tuple[Phantom, ...]:
@@ -223,10 +234,7 @@ class Simulator:
         """
         p = self.params
         ph = self.phantoms[int(rng.integers(0, p.n_species))]
-        u = rng.standard_normal(3)
-        u /= np.linalg.norm(u)
-        side = ph.coords_A @ u
-        keep = side <= np.quantile(side, rng.uniform(*BROKEN_KEEP_RANGE))
+        keep = broken_atoms(ph.coords_A, rng)
         coords = ph.coords_A[keep] - ph.coords_A[keep].mean(axis=0)
         rot = (random_filament_rotations if ph.is_filament else random_rotations)(rng, 1)
         full = rot_z(np.deg2rad(rng.uniform(0.0, 360.0, 1))) @ rot
