@@ -29,6 +29,8 @@ ROWS = (
     ("view_spread_deg", "view spread (deg)", ".1f", "low", ""),
     ("view_spread_random_deg", "view spread, permuted labels (deg)", ".1f", "", ""),
     ("view_spread_ratio", "view spread / random", ".3f", "low", "<= 0.75"),
+    ("view_spread_z", "... std below permuted labels (permutation test)", ".1f", "high", ""),
+    ("view_spread_p_value", "... one-sided p (199 permutations; min 0.005)", ".3f", "low", ""),
     ("view_axial_spread_deg", "view spread blind to sign (deg)", ".1f", "low", ""),
     ("view_axial_spread_random_deg", "... permuted labels (deg)", ".1f", "", ""),
     ("opposite_view_fraction", "members seen from the opposite side (0.5 = mirror mix)",

@@ -109,6 +109,26 @@ def test_view_spread_against_its_random_baseline():
     shuffled = np.random.default_rng(1).permutation(cls)
     rs = ev.view_spread(rot, {k: np.flatnonzero(shuffled == k) for k in np.unique(cls)})
     assert 0.85 < rs["view_spread_ratio"] < 1.15, rs
+    # the permutation test: grouped views sit far below every permutation, shuffled
+    # labels inside the null distribution
+    assert r["view_spread_p_value"] == 1.0 / (ev.N_NULL_PERMUTATIONS + 1) and r["view_spread_z"] > 10
+    assert rs["view_spread_p_value"] > 0.01 and abs(rs["view_spread_z"]) < 4, rs
+
+
+def test_view_spread_permutation_test_detects_a_weak_grouping():
+    """A ratio near 1 can still be better than random; the permutation test tells."""
+    rng = np.random.default_rng(3)
+    rot = random_rotations(rng, 3000)
+    d = ev.viewing_directions(rot)
+    centres = ev.viewing_directions(random_rotations(rng, 10))
+    cls = rng.integers(0, 10, d.shape[0])
+    weak = rng.random(d.shape[0]) < 0.1  # one member in ten goes to its nearest centre
+    cls[weak] = np.argmax(d[weak] @ centres.T, axis=1)
+    r = ev.view_spread(rot, {k: np.flatnonzero(cls == k) for k in range(10)})
+    assert 0.95 < r["view_spread_ratio"] < 1.0, r  # barely below random ...
+    assert r["view_spread_p_value"] < 0.01 and r["view_spread_z"] > 3, r  # ... but not chance
+    none = ev.view_spread(rot, {k: np.flatnonzero(rng.permutation(cls) == k) for k in range(10)})
+    assert none["view_spread_p_value"] > 0.01, none
 
 
 def test_opposite_views_see_a_class_of_a_view_and_its_mirror():

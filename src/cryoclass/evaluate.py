@@ -34,6 +34,9 @@ Metrics of the hard benchmark (continuous views; definitions and equations in
   its class's mean direction, over good-majority classes (size-weighted);
   ``view_spread_random_deg``: the same with randomly permuted labels;
   ``view_spread_ratio``: their ratio (1 = no better than random);
+  ``view_spread_p_value`` / ``view_spread_z``: a one-sided permutation test of "better
+  than random" (the share of label permutations whose spread is at most the observed
+  one, and the observed spread's distance below their mean in units of their std);
 * ``view_axial_spread_deg`` (and ``_random_deg``), ``opposite_view_fraction``: the view
   spread blind to a view's sign, and the share of a class's members seen from the side
   opposite to most of them (their images are mirrored: see :func:`opposite_views`);
@@ -81,6 +84,9 @@ STREAK_BINS = 18
 STREAK_THRESHOLD = 2.0
 #: Random permutations averaged for the view-spread baseline.
 N_PERMUTATIONS = 5
+#: Random permutations (the first :data:`N_PERMUTATIONS` included) of the view spread's
+#: permutation test; its smallest p-value is ``1 / (N_NULL_PERMUTATIONS + 1)``.
+N_NULL_PERMUTATIONS = 199
 
 _TRUTH_KEYS = ("species", "view_index", "psi_deg", "clean_projections", "junk_type",
                "rotation", "duplicate_of")
@@ -317,32 +323,42 @@ def view_classes(cls: np.ndarray, species: np.ndarray, min_members: int) -> dict
 
 
 def view_spread(rotation: np.ndarray, members: dict[int, np.ndarray],
-                n_permutations: int = N_PERMUTATIONS, seed: int = 0) -> dict:
+                n_permutations: int = N_PERMUTATIONS, seed: int = 0,
+                n_null: int = N_NULL_PERMUTATIONS) -> dict:
     r"""Mean angle between true viewing directions and their class's mean direction.
 
     For class k with members i (unit viewing directions :math:`d_i`),
     :math:`m_k = \sum_i d_i / \|\sum_i d_i\|` and the spread is the mean over all members
     of all classes of :math:`\arccos(d_i \cdot m_k)` (so classes weigh by size). The
     baseline is the same after a random permutation of the class labels among those
-    members (class sizes kept), averaged over ``n_permutations``.
+    members (class sizes kept), averaged over ``n_permutations``. The same stream of
+    permutations, continued to ``n_null`` of them, is the null distribution of a
+    one-sided permutation test: ``p = (1 + #{null spread <= spread}) / (1 + n_null)``
+    and ``z = (mean(null) - spread) / std(null)`` (classes group views better than
+    random at level p when the spread lies below the permuted ones).
 
     Returns
     -------
     dict
         ``view_spread_deg``, ``view_spread_random_deg``, ``view_spread_ratio``,
-        ``view_classes`` (classes scored).
+        ``view_spread_p_value``, ``view_spread_z``, ``view_classes`` (classes scored).
     """
     if not members:
         nan = float("nan")
         return {"view_spread_deg": nan, "view_spread_random_deg": nan,
-                "view_spread_ratio": nan, "view_classes": 0}
+                "view_spread_ratio": nan, "view_spread_p_value": nan, "view_spread_z": nan,
+                "view_classes": 0}
     d, labels = _member_directions(rotation, members)
     spread = float(_angles_to_mean_deg(d, labels).mean())
     rng = np.random.default_rng(seed)
-    base = float(np.mean([_angles_to_mean_deg(d, rng.permutation(labels)).mean()
-                          for _ in range(n_permutations)]))
+    null = np.array([_angles_to_mean_deg(d, rng.permutation(labels)).mean()
+                     for _ in range(max(n_null, n_permutations))])
+    base = float(null[:n_permutations].mean())
+    sd = float(null.std(ddof=1)) if null.size > 1 else float("nan")
     return {"view_spread_deg": spread, "view_spread_random_deg": base,
             "view_spread_ratio": spread / base if base > 0 else float("nan"),
+            "view_spread_p_value": float((1 + np.sum(null <= spread)) / (1 + null.size)),
+            "view_spread_z": float((null.mean() - spread) / sd) if sd > 0 else float("nan"),
             "view_classes": len(members)}
 
 
