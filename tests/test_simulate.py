@@ -213,7 +213,7 @@ def test_junk_and_duplicate_fractions():
     t = _plan_truth(p)
     junk = t["species"] < 0
     assert junk.sum() == 500
-    assert set(t["junk_type"][junk]) == set(p.junk_types) == set(JUNK_TYPES) - {"broken"}
+    assert set(t["junk_type"][junk]) == set(p.junk_types) == set(JUNK_TYPES) - {"broken", "other_particle"}
     assert np.all(t["junk_type"][~junk] == "")
     dup = t["duplicate_of"] >= 0
     n_orig = (~junk).sum() - dup.sum()
@@ -424,6 +424,28 @@ def test_junk_mix_broken_and_off_centre_partly_outside():
     centred = sim.clean_projection(0, t["rotation"][off], t["psi_deg"][off])
     inside = clean[off].sum(axis=(1, 2)) / centred.sum(axis=(1, 2))
     assert off.size and np.all(inside < 0.97), inside  # part of the particle is outside
+
+
+def test_other_particle_junk_is_another_design_of_the_same_size():
+    from cryoclass.simulation.engine import other_phantom
+    from cryoclass.simulation.phantoms import named_phantom
+
+    p = dataclasses.replace(HARD_SMALL, junk_types=("other_particle",), n_particles=120)
+    _, clean, t = simulate_images(p, noise=False)
+    jt = t["junk_type"]
+    assert set(jt[t["species"] < 0]) == {"other_particle"}
+    own = named_phantom("asym_five", 170.0)
+    other = other_phantom(170.0, 4.0, ("asym_five",))
+    assert other.name not in ("asym_five",) and other.name.startswith("procedural_")
+    for ph in (own, other):  # the same largest extent (the phantoms' scaling rule)
+        r_max = np.sqrt((ph.coords_A ** 2).sum(axis=1)).max()
+        assert r_max + 2 * ph.sigma_A[0] == pytest.approx(85.0, rel=0.02)
+    # a species with that design pushes the other particle to the next design
+    assert other_phantom(170.0, 4.0, (other.name,)).name != other.name
+    real = np.flatnonzero(jt == "")
+    mass = clean[jt == "other_particle"].sum(axis=(1, 2)) / clean[real].sum(axis=(1, 2)).mean()
+    expected = other.weight.sum() / own.weight.sum()
+    np.testing.assert_allclose(mass, expected, rtol=0.02)  # whole, inside the box
 
 
 def test_clean_projection_from_truth_file_matches_the_images(tmp_path):

@@ -22,7 +22,7 @@ import numpy as np
 
 from cryoclass.simulation import render
 from cryoclass.simulation.params import DEFAULT_JUNK_TYPES, JUNK_TYPES, SimulationParams
-from cryoclass.simulation.phantoms import Phantom, make_phantoms
+from cryoclass.simulation.phantoms import Phantom, globular_phantom, make_phantoms
 from cryoclass.simulation.plan import (
     STREAM_CALIBRATION,
     STREAM_JUNK,
@@ -55,6 +55,10 @@ _OFF = JUNK_TYPES.index("off_centre")
 _ICE = JUNK_TYPES.index("ice_gradient")
 _AGG = JUNK_TYPES.index("aggregate")
 _BROKEN = JUNK_TYPES.index("broken")
+_OTHER = JUNK_TYPES.index("other_particle")
+#: Procedural design index of the ``other_particle`` junk (the next free one is used when
+#: a species already has this design).
+OTHER_DESIGN_INDEX = 1000
 #: Fraction of a phantom's atoms kept in a broken particle (uniform in this range).
 BROKEN_KEEP_RANGE = (0.33, 0.6)
 
@@ -68,6 +72,21 @@ def broken_atoms(coords_A: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     u = rng.standard_normal(3)
     side = coords_A @ (u / np.linalg.norm(u))
     return side <= np.quantile(side, rng.uniform(*BROKEN_KEEP_RANGE))
+
+
+@functools.lru_cache(maxsize=8)
+def other_phantom(diameter_A: float, pixel_size_A: float,
+                  species_names: tuple[str, ...]) -> Phantom:
+    """The particle of ``other_particle`` junk: a procedural design that no species has.
+
+    Same largest extent as the species, atom widths at least one pixel (as
+    :func:`~cryoclass.simulation.phantoms.make_phantoms` makes them).
+    """
+    index = OTHER_DESIGN_INDEX
+    while f"procedural_{index}" in species_names:
+        index += 1
+    ph = globular_phantom(index, diameter_A)
+    return Phantom(ph.name, ph.coords_A, np.maximum(ph.sigma_A, pixel_size_A), ph.weight)
 
 
 @functools.lru_cache(maxsize=8)
@@ -243,13 +262,31 @@ class Simulator:
         return render.project(coords, full, shift, ph.sigma_A[keep], ph.weight[keep], self.n,
                               p.pixel_size_A)[0]
 
+    def _other_signal(self, rng: np.random.Generator) -> np.ndarray:
+        """Unscaled, CTF-free projection (n, n) of a particle that is none of the species.
+
+        :func:`other_phantom` (same diameter, another design) at a uniform SO(3)
+        rotation, uniform psi and a shift of the real particles' spread: a contaminant or
+        another complex of similar size in the same sample.
+        """
+        p = self.params
+        ph = other_phantom(p.diameter_A, p.pixel_size_A,
+                           tuple(q.name for q in self.phantoms))
+        full = rot_z(np.deg2rad(rng.uniform(0.0, 360.0, 1))) @ random_rotations(rng, 1)
+        sig = p.shift_sigma_px
+        shift = np.clip(rng.standard_normal((1, 2)) * sig, -3 * sig, 3 * sig)
+        return render.project(ph.coords_A, full, shift, ph.sigma_A, ph.weight, self.n,
+                              p.pixel_size_A)[0]
+
     def _junk_signal(self, row: int, code: int) -> np.ndarray:
-        """Unscaled, CTF-free signal (n, n) of an aggregate or broken junk row."""
+        """Unscaled, CTF-free signal (n, n) of an aggregate, broken or other-particle row."""
         p, n = self.params, self.n
         rng = rng_for(p.seed, STREAM_JUNK, row)
         diam_px = p.particle_diameter_px
         if code == _BROKEN:
             return self._broken_signal(rng)
+        if code == _OTHER:
+            return self._other_signal(rng)
         if code != _AGG:
             return np.zeros((n, n), dtype=np.float32)
         if rng.random() < 0.7:  # 2-4 overlapping particles
@@ -353,7 +390,7 @@ class Simulator:
             r = rows[sel]
             signal[sel] = self.render_species(src[sel], pl.rotation[r], pl.psi_deg[r],
                                               pl.shift_px[r])
-        for j in np.nonzero((code == _AGG) | (code == _BROKEN))[0]:
+        for j in np.nonzero((code == _AGG) | (code == _BROKEN) | (code == _OTHER))[0]:
             signal[j] = self._junk_signal(int(rows[j]), int(code[j]))
         signal *= (self.scale * pl.contrast[rows]).astype(np.float32)[:, None, None]
         clean = self.ctf_modulate(signal, pl.defocus_u_A[rows], pl.defocus_v_A[rows],

@@ -20,7 +20,7 @@ from cryoclass.errors import InputError
 #: Fraction of the box (in Å) used as the particle diameter when none is given.
 DEFAULT_DIAMETER_FRACTION = 0.55
 #: Junk categories (truth ``junk_type``), in code order; real particles have ``""``.
-JUNK_TYPES = ("noise", "ice_gradient", "off_centre", "aggregate", "broken")
+JUNK_TYPES = ("noise", "ice_gradient", "off_centre", "aggregate", "broken", "other_particle")
 #: The junk mix when none is chosen (the four original kinds, equally likely).
 DEFAULT_JUNK_TYPES = ("noise", "ice_gradient", "off_centre", "aggregate")
 #: Phantom designs by name (species k gets the k-th name; see :mod:`.phantoms`).
