@@ -17,6 +17,8 @@ from cryoclass.io.cs import read_cs
 from cryoclass.io.mrc import read_stack
 from cryoclass.io.star import read_star
 from cryoclass.select import (
+    AutoRule,
+    auto_junk_classes,
     Thresholds,
     add_arguments,
     decide,
@@ -79,6 +81,26 @@ def test_robust_limit_for_normal_classes_is_median_plus_z_sigma():
     assert lim == pytest.approx(0.3, abs=0.01)
     ref, lim = robust_limit(np.zeros(10), z=3.0, min_ratio=2.0)  # identical classes
     assert lim == pytest.approx(np.log10(2.0))
+
+
+def test_auto_rule_judges_image_indicators_not_a_resolution_dip():
+    """Defaults: outside power and contrast at z = 2; the resolution is not judged.
+
+    Class 7 is a good class whose size-normalised FRC dipped below 0.5 early (40 Å, the
+    failure measured in docs/accuracy.md 5.12); class 9 is a weak junk class (outside
+    power 12x, contrast 1/3 of the best classes') that z = 3 let through.
+    """
+    counts = np.array([600, 580, 560, 500, 450, 420, 400, 380, 260, 240])
+    res = np.array([17.0, 17.5, 18.0, 18.2, 16.5, 17.8, 40.0, 18.1, 16.0, 15.5])
+    out = np.array([0.0012, 0.0008, 0.0015, 0.0030, 0.0020, 0.0050, 0.0025, 0.0060, 0.020, 0.070])
+    con = np.array([35.0, 40.0, 30.0, 22.0, 28.0, 16.0, 25.0, 14.0, 9.0, 4.5])
+    reasons, limits = auto_junk_classes(counts, res, out, con)
+    assert [j + 1 for j, r in enumerate(reasons) if r] == [9, 10], reasons
+    assert "res_A" not in limits
+    old = AutoRule(z=3.0, judge_resolution=True)  # the rule before 2026-12-03
+    reasons, limits = auto_junk_classes(counts, res, out, con, old)
+    assert [j + 1 for j, r in enumerate(reasons) if r] == [7, 10], reasons
+    assert "size-normalised res 40.0" in reasons[6]
 
 
 def test_shift_outliers_flags_far_shifts_only():

@@ -114,6 +114,9 @@ class AutoRule:
     z : float
         Limits lie ``z`` good-side standard deviations beyond the median of a population
         shaped like the better half of the classes (see :func:`robust_limit`).
+    judge_resolution : bool
+        Also judge the size-normalised FRC-0.5 resolution (off: over 309 classes of 19
+        benchmark runs it ranked junk classes *better* than good ones, docs/reference.md).
     min_ratio_res : float
         A class is never called junk for a size-normalised resolution less than this
         factor worse than the reference (the best quarter of the classes).
@@ -135,7 +138,8 @@ class AutoRule:
 
     tiny_min_particles: int = 10
     tiny_fraction: float = 0.05
-    z: float = 3.0
+    z: float = 2.0
+    judge_resolution: bool = False
     min_ratio_res: float = 1.25
     min_ratio_outside: float = 3.0
     min_ratio_contrast: float = 3.0
@@ -307,9 +311,9 @@ def auto_junk_classes(counts: np.ndarray, norm_res_A: np.ndarray,
     """Judge each class as junk or not from interpretable metrics (the ``--auto`` rule).
 
     A class is junk when it is empty, too small to judge, or (among the judged classes)
-    any of these lies beyond its :func:`robust_limit` over the judged classes:
-    size-normalised FRC-0.5 resolution (coarser), power outside the particle radius
-    (higher), contrast inside/outside the radius (lower).
+    any of these lies beyond its :func:`robust_limit` over the judged classes: power
+    outside the particle radius (higher), contrast inside/outside the radius (lower) and,
+    with ``rule.judge_resolution``, the size-normalised FRC-0.5 resolution (coarser).
 
     Parameters
     ----------
@@ -344,11 +348,12 @@ def auto_junk_classes(counts: np.ndarray, norm_res_A: np.ndarray,
             f"particles to compare, this run has {int(judged.sum())}; choose classes with "
             "--keep/--drop or thresholds instead")
     metrics = {
-        # name: (badness = log10, oriented larger-is-worse; min ratio; label; unit format)
-        "res_A": (_log10(norm_res_A), rule.min_ratio_res),
+        # name: (badness = log10, oriented larger-is-worse; min ratio)
         "outside_power_frac": (_log10(outside_power_frac), rule.min_ratio_outside),
         "contrast": (-_log10(contrast), rule.min_ratio_contrast),
     }
+    if rule.judge_resolution:
+        metrics["res_A"] = (_log10(norm_res_A), rule.min_ratio_res)
     limits: dict = {"min_particles": min_n}
     bad: dict[str, np.ndarray] = {}
     for name, (b, ratio) in metrics.items():
@@ -365,7 +370,7 @@ def auto_junk_classes(counts: np.ndarray, norm_res_A: np.ndarray,
             reasons.append(f"auto: {int(counts[j])} particles < {min_n:.0f}, too few to judge")
             continue
         why = []
-        if bad["res_A"][j]:
+        if "res_A" in bad and bad["res_A"][j]:
             ref, lim = limits["res_A"]
             why.append(f"size-normalised res {norm_res_A[j]:.1f} Å > {lim:.1f} "
                        f"(best classes {ref:.1f})")
@@ -715,10 +720,11 @@ def format_summary(sel: Selection) -> str:
         lines.append(f"{d.number:>5} {d.count:>9} {res:>8} {ess:>5}  "
                      f"{'kept' if d.kept else 'dropped':<8}  {reason}")
     lim = sel.limits
-    if "res_A" in lim:
+    if "contrast" in lim:
+        res = (f"size-normalised res <= {lim['res_A'][1]:.1f} Å (best classes "
+               f"{lim['res_A'][0]:.1f}); " if "res_A" in lim else "")
         lines.append(
-            f"auto limits: >= {lim['min_particles']:.0f} particles; size-normalised res <= "
-            f"{lim['res_A'][1]:.1f} Å (best classes {lim['res_A'][0]:.1f}); outside power <= "
+            f"auto limits: >= {lim['min_particles']:.0f} particles; {res}outside power <= "
             f"{lim['outside_power_frac'][1]:.3g} (best {lim['outside_power_frac'][0]:.3g}); "
             f"contrast >= {lim['contrast'][1]:.3g} (best {lim['contrast'][0]:.3g})"
             + (f"; shift outliers at p = {lim['shift_false_alarm']:g}"
