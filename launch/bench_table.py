@@ -23,6 +23,7 @@ ROWS = (
     ("junk_in_good_classes_noise", "  ... pure noise", ".3f", "low", ""),
     ("junk_in_good_classes_off_centre", "  ... off-centre", ".3f", "low", ""),
     ("junk_in_good_classes_broken", "  ... broken particle", ".3f", "low", ""),
+    ("junk_in_good_classes_other_particle", "  ... other particle", ".3f", "low", ""),
     ("good_in_junk_classes", "good in junk-majority classes", ".3f", "low", "<= 0.05"),
     ("good_classes", "good-majority classes", "d", "", ""),
     ("junk_classes", "junk-majority classes", "d", "", ""),
