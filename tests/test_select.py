@@ -18,9 +18,9 @@ from cryoclass.io.mrc import read_stack
 from cryoclass.io.star import read_star
 from cryoclass.select import (
     AutoRule,
-    auto_junk_classes,
     Thresholds,
     add_arguments,
+    auto_junk_classes,
     decide,
     load_run,
     main_select,

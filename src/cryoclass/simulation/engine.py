@@ -77,7 +77,7 @@ def broken_atoms(coords_A: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 @functools.lru_cache(maxsize=8)
 def other_phantom(diameter_A: float, pixel_size_A: float,
                   species_names: tuple[str, ...]) -> Phantom:
-    """The particle of ``other_particle`` junk: a procedural design that no species has.
+    """Return the particle of ``other_particle`` junk: a procedural design no species has.
 
     Same largest extent as the species, atom widths at least one pixel (as
     :func:`~cryoclass.simulation.phantoms.make_phantoms` makes them).
