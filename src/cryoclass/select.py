@@ -845,10 +845,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep classes whose particles' mean best-class probability is at "
                         "least P (0..1)")
     g.add_argument("--auto", action="store_true",
-                   help="drop classes whose size-normalised FRC resolution, power outside "
-                        "the particle or contrast is far worse than the best classes' of "
-                        "this run, and tiny classes; also drops shift outliers inside kept "
-                        "classes (rule: docs/reference.md)")
+                   help="drop classes whose power outside the particle or contrast is far "
+                        "worse than the best classes' of this run, and tiny classes; also "
+                        "drops shift outliers inside kept classes (rule: docs/reference.md)")
     g.add_argument("--keep-shift-outliers", action="store_true",
                    help="with --auto: keep particles whose shift is an outlier for their "
                         "class")
