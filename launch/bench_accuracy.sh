@@ -6,12 +6,14 @@
 #
 #   make bench-accuracy                                   # SNR 0.05, N 4000, K 10
 #   SNR=0.02 K=50 RELION=0 EXTRA="--set ..." bash launch/bench_accuracy.sh
+#   JUNK=noise,off_centre,other_particle bash launch/bench_accuracy.sh  # docs/accuracy.md 5.13
 #   CACHE=/work/bench_cache bash launch/bench_accuracy.sh # reuse data and RELION results
 #
 # Environment: SNR (0.05), N (4000), K (10), RELION (1 = also run/reuse RELION, 0 = not),
 # EXTRA (extra cryoclass classify arguments), OUT (bench_accuracy: cryoclass runs and
 # tables), CACHE (data and RELION results; default OUT), RANKS (2), SEED (11), TAG (name of
-# the cryoclass run, default cryoclass_kK).
+# the cryoclass run, default cryoclass_kK), JUNK (junk kinds for `simulate --junk-types`;
+# default the hard preset's noise,off_centre,broken; a case of its own, CACHE/snrS_nN_JUNK).
 # Layout: CACHE/snrS_nN/data (simulated once), CACHE/snrS_nN/relion_kK (RELION, cached:
 # it does not depend on cryoclass), OUT/snrS_nN_kK/TAG (cryoclass, re-run every time) and
 # OUT/snrS_nN_kK/TAG.md (the table).
@@ -20,14 +22,18 @@ cd "$(dirname "$0")/.."
 SNR=${SNR:-0.05}; N=${N:-4000}; K=${K:-10}; RELION=${RELION:-1}; EXTRA=${EXTRA:-}
 OUT=${OUT:-bench_accuracy}; CACHE=${CACHE:-$OUT}; RANKS=${RANKS:-2}; SEED=${SEED:-11}
 TAG=${TAG:-cryoclass_k$K}
+JUNK=${JUNK:-}
+SUFFIX=${JUNK:+_$(echo "$JUNK" | tr ',' '-')}
 CC=.venv/bin/cryoclass
 MPIEXEC=.venv/bin/mpiexec
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
 
-CASE=$CACHE/snr${SNR}_n${N}
+CASE=$CACHE/snr${SNR}_n${N}$SUFFIX
 DATA=$CASE/data
 if [ ! -f "$DATA/particles.star" ]; then
-  $CC -q simulate "$DATA" --preset hard --snr "$SNR" --n "$N" --seed "$SEED"
+  # shellcheck disable=SC2046
+  $CC -q simulate "$DATA" --preset hard --snr "$SNR" --n "$N" --seed "$SEED" \
+    $( [ -n "$JUNK" ] && echo "--junk-types $JUNK" )
 fi
 DIAM=$(.venv/bin/python -c "import h5py, json, sys; \
 print(json.loads(h5py.File(sys.argv[1]).attrs['params_json'])['diameter_A_resolved'])" \
@@ -42,7 +48,7 @@ if [ "$RELION" = 1 ]; then
   fi
 fi
 
-RUN=$OUT/snr${SNR}_n${N}_k$K/$TAG
+RUN=$OUT/snr${SNR}_n${N}${SUFFIX}_k$K/$TAG
 rm -rf "$RUN"
 mkdir -p "$RUN"
 # the particle diameter a user gives (as RELION's --particle_diameter: mask, normalisation, search)
@@ -64,6 +70,6 @@ t1=$(date +%s.%N)
 mv "$RUN/timing.partial" "$RUN/timing.txt"
 $CC evaluate "$DATA/truth.h5" "$RUN/run/particles.star" --json "$RUN/evaluate.json" > /dev/null
 
-.venv/bin/python launch/bench_table.py --case "SNR $SNR, N $N, K $K" \
+.venv/bin/python launch/bench_table.py --case "SNR $SNR, N $N, K $K${JUNK:+, junk $JUNK}" \
   --cryoclass "$RUN" $( [ "$RELION" = 1 ] && echo "--relion $RDIR" ) \
-  --out "$OUT/snr${SNR}_n${N}_k$K/$TAG.md"
+  --out "$OUT/snr${SNR}_n${N}${SUFFIX}_k$K/$TAG.md"
