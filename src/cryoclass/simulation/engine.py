@@ -22,7 +22,12 @@ import numpy as np
 
 from cryoclass.simulation import render
 from cryoclass.simulation.params import DEFAULT_JUNK_TYPES, JUNK_TYPES, SimulationParams
-from cryoclass.simulation.phantoms import Phantom, globular_phantom, make_phantoms
+from cryoclass.simulation.phantoms import (
+    Phantom,
+    globular_phantom,
+    make_phantoms,
+    pixel_limited,
+)
 from cryoclass.simulation.plan import (
     STREAM_CALIBRATION,
     STREAM_JUNK,
@@ -85,8 +90,7 @@ def other_phantom(diameter_A: float, pixel_size_A: float,
     index = OTHER_DESIGN_INDEX
     while f"procedural_{index}" in species_names:
         index += 1
-    ph = globular_phantom(index, diameter_A)
-    return Phantom(ph.name, ph.coords_A, np.maximum(ph.sigma_A, pixel_size_A), ph.weight)
+    return pixel_limited(globular_phantom(index, diameter_A), pixel_size_A)
 
 
 @functools.lru_cache(maxsize=8)
@@ -257,10 +261,19 @@ class Simulator:
         coords = ph.coords_A[keep] - ph.coords_A[keep].mean(axis=0)
         rot = (random_filament_rotations if ph.is_filament else random_rotations)(rng, 1)
         full = rot_z(np.deg2rad(rng.uniform(0.0, 360.0, 1))) @ rot
-        sig = p.shift_sigma_px
+        return self._project_shifted(coords, ph.sigma_A[keep], ph.weight[keep], full, rng)
+
+    def _project_shifted(self, coords_A: np.ndarray, sigma_A: np.ndarray, weight: np.ndarray,
+                         full: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Project atoms (n, n) at rotation ``full`` (1, 3, 3) and a shift drawn from ``rng``.
+
+        The shift has the real particles' spread (``shift_sigma_px`` per axis, clipped at
+        three sigma), as a picker leaves it.
+        """
+        sig = self.params.shift_sigma_px
         shift = np.clip(rng.standard_normal((1, 2)) * sig, -3 * sig, 3 * sig)
-        return render.project(coords, full, shift, ph.sigma_A[keep], ph.weight[keep], self.n,
-                              p.pixel_size_A)[0]
+        return render.project(coords_A, full, shift, sigma_A, weight, self.n,
+                              self.params.pixel_size_A)[0]
 
     def _other_signal(self, rng: np.random.Generator) -> np.ndarray:
         """Unscaled, CTF-free projection (n, n) of a particle that is none of the species.
@@ -273,10 +286,7 @@ class Simulator:
         ph = other_phantom(p.diameter_A, p.pixel_size_A,
                            tuple(q.name for q in self.phantoms))
         full = rot_z(np.deg2rad(rng.uniform(0.0, 360.0, 1))) @ random_rotations(rng, 1)
-        sig = p.shift_sigma_px
-        shift = np.clip(rng.standard_normal((1, 2)) * sig, -3 * sig, 3 * sig)
-        return render.project(ph.coords_A, full, shift, ph.sigma_A, ph.weight, self.n,
-                              p.pixel_size_A)[0]
+        return self._project_shifted(ph.coords_A, ph.sigma_A, ph.weight, full, rng)
 
     def _junk_signal(self, row: int, code: int) -> np.ndarray:
         """Unscaled, CTF-free signal (n, n) of an aggregate, broken or other-particle row."""

@@ -325,9 +325,13 @@ def make_phantoms(
         out = [named_phantom(name, diameter_A) for name in designs[:n_glob]]
     if include_filament:
         out.append(filament_phantom(diameter_A, 0.9 * box_A))
-    final = []
-    for p in out:
-        sigma = np.maximum(p.sigma_A, pixel_size_A)
-        final.append(Phantom(p.name, p.coords_A, sigma, p.weight, p.is_filament))
-        logger.debug("phantom %s: %d atoms, sigma %.2f Å", p.name, p.n_atoms, sigma[0])
+    final = [pixel_limited(p, pixel_size_A) for p in out]
+    for p in final:
+        logger.debug("phantom %s: %d atoms, sigma %.2f Å", p.name, p.n_atoms, p.sigma_A[0])
     return final
+
+
+def pixel_limited(phantom: Phantom, pixel_size_A: float) -> Phantom:
+    """``phantom`` with its atom widths raised to at least one pixel (band-limited projections)."""
+    return Phantom(phantom.name, phantom.coords_A, np.maximum(phantom.sigma_A, pixel_size_A),
+                   phantom.weight, phantom.is_filament)
