@@ -484,3 +484,62 @@ def test_asym_five_fills_the_box_and_views_differ():
     d = rot[:, 2, :]
     far = (d @ d.T) < 0.5  # directions more than 60 deg apart
     assert np.median(corr[far]) < 0.8
+
+
+PDB_LINES = [  # two models; the second must be ignored
+    "HEADER    TEST",
+    "ATOM      1  CA  GLY A   1      10.000   0.000   0.000  1.00 20.00           C",
+    "ATOM      2  SG  CYS A   2     -10.000   0.000   0.000  1.00 20.00           S",
+    "HETATM    3  O   HOH A   3       0.000  12.000   0.000  1.00 20.00           O",
+    "ATOM      4  N   GLY A   4       0.000   0.000   5.000  1.00 20.00",
+    "ENDMDL",
+    "ATOM      5  CA  GLY A   1      99.000  99.000  99.000  1.00 20.00           C",
+]
+
+
+def write_pdb(path, lines=PDB_LINES):
+    import gzip
+
+    with gzip.open(path, "wt") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return path
+
+
+def test_pdb_model_is_read_at_its_own_size_with_electron_weights(tmp_path):
+    from cryoclass.simulation.phantoms import pdb_phantom, read_pdb_atoms
+
+    path = write_pdb(tmp_path / "m.pdb.gz")
+    coords, w = read_pdb_atoms(path)
+    np.testing.assert_array_equal(coords, [[10, 0, 0], [-10, 0, 0], [0, 12, 0], [0, 0, 5]])
+    np.testing.assert_array_equal(w, [6, 16, 8, 7])  # C, S, O; N from the atom name
+    ph = pdb_phantom(path)
+    assert ph.name == "pdb:m"
+    np.testing.assert_allclose((ph.weight[:, None] * ph.coords_A).sum(axis=0), 0, atol=1e-9)
+    centre = (w[:, None] * coords).sum(axis=0) / w.sum()
+    np.testing.assert_allclose(ph.coords_A, coords - centre)  # not scaled to any diameter
+    with pytest.raises(InputError, match="no ATOM"):
+        read_pdb_atoms(write_pdb(tmp_path / "empty.pdb.gz", ["HEADER    NONE"]))
+
+
+def test_pdb_model_projects_its_atoms_with_their_weights(tmp_path, monkeypatch):
+    path = write_pdb(tmp_path / "m.pdb.gz")
+    p = SimulationParams(n_particles=40, box_px=48, pixel_size_A=2.0, particle_diameter_A=40.0,
+                         n_species=1, phantoms=(f"pdb:{path}",), views_per_species=0,
+                         junk_fraction=0.0, duplicate_fraction=0.0, shift_sigma_px=0.0,
+                         ctf=False)
+    _, clean, t = simulate_images(p, noise=False)
+    mass = clean.sum(axis=(1, 2))
+    np.testing.assert_allclose(mass, mass.mean(), rtol=1e-3)  # every view holds all 37 e
+    # at psi 0 and the identity view the sulphur (16 e at x = -10 A) is the brightest spot
+    sim = Simulator(p, plan=False, scale=1.0)
+    img = sim.clean_projection(0, np.eye(3)[None])[0]
+    n = img.shape[0]
+    y, x = np.unravel_index(np.argmax(img), img.shape)
+    cx = -10.0 - (-10 * 16 + 10 * 6) / 37.0  # the atom's x relative to the centre of mass
+    assert (x - n // 2) * 2.0 == pytest.approx(cx, abs=2.0) and abs(y - n // 2) <= 1
+    # a relative path is stored absolute, so a truth file is read from anywhere
+    monkeypatch.chdir(tmp_path)
+    rel = SimulationParams(n_species=1, phantoms=("pdb:m.pdb.gz",), views_per_species=0)
+    assert rel.phantoms[0] == f"pdb:{tmp_path / 'm.pdb.gz'}"
+    with pytest.raises(InputError, match="not found"):
+        SimulationParams(n_species=1, phantoms=("pdb:missing.pdb",), views_per_species=0)

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass
 
 from cryoclass.errors import InputError
@@ -23,6 +24,8 @@ DEFAULT_DIAMETER_FRACTION = 0.55
 JUNK_TYPES = ("noise", "ice_gradient", "off_centre", "aggregate", "broken", "other_particle")
 #: The junk mix when none is chosen (the four original kinds, equally likely).
 DEFAULT_JUNK_TYPES = ("noise", "ice_gradient", "off_centre", "aggregate")
+#: Prefix of an atomic-model phantom, ``pdb:PATH`` (see :func:`.phantoms.pdb_phantom`).
+PDB_PREFIX = "pdb:"
 #: Phantom designs by name (species k gets the k-th name; see :mod:`.phantoms`).
 PHANTOM_DESIGNS = ("tri_domain", "dumbbell_knob", "four_lobe", "arc_knob", "asym_five")
 
@@ -169,7 +172,7 @@ class SimulationParams:
         if isinstance(self.phantoms, str):
             object.__setattr__(self, "phantoms", _names(self.phantoms))
         if self.phantoms is not None:
-            object.__setattr__(self, "phantoms", tuple(self.phantoms))
+            object.__setattr__(self, "phantoms", tuple(_absolute_model(n) for n in self.phantoms))
         self.validate()
 
     # -- derived quantities -------------------------------------------------------
@@ -256,9 +259,12 @@ class SimulationParams:
                 bad(f"phantoms names {len(self.phantoms)} designs for {n_glob} globular "
                     f"species")
             for name in self.phantoms:
-                if name not in PHANTOM_DESIGNS and not _is_procedural(name):
-                    bad(f"unknown phantom {name!r}; choose from {', '.join(PHANTOM_DESIGNS)} "
-                        f"or procedural_<i>")
+                if name.startswith(PDB_PREFIX):
+                    if not os.path.isfile(name[len(PDB_PREFIX):]):
+                        bad(f"atomic model {name[len(PDB_PREFIX):]} not found")
+                elif name not in PHANTOM_DESIGNS and not _is_procedural(name):
+                    bad(f"unknown phantom {name!r}; choose from {', '.join(PHANTOM_DESIGNS)}, "
+                        f"procedural_<i> or pdb:PATH")
         if not self.junk_types:
             bad("junk types must name at least one kind")
         for name in self.junk_types:
@@ -318,6 +324,13 @@ def _is_procedural(name: str) -> bool:
     return head == "procedural" and tail.isdigit()
 
 
+def _absolute_model(name: str) -> str:
+    """``pdb:PATH`` with PATH absolute (the truth file is read from anywhere); others as given."""
+    if name.startswith(PDB_PREFIX):
+        return PDB_PREFIX + os.path.abspath(name[len(PDB_PREFIX):])
+    return name
+
+
 def _names(text: str) -> tuple[str, ...]:
     """Parse ``"a,b,c"`` (or space separated) into names."""
     return tuple(v for v in text.replace(",", " ").split() if v)
@@ -345,7 +358,8 @@ _VALUE_FLAGS: tuple[tuple[str, str, object, str, str], ...] = (
      "relative abundance per species, e.g. 0.5,0.3,0.2 (default: equal)"),
     ("--phantoms", "phantoms", _names, "NAME,...",
      "design of each globular species, from " + ", ".join(PHANTOM_DESIGNS)
-     + " or procedural_<i> (default: the library in order)"),
+     + ", procedural_<i> or pdb:PATH, an atomic model at its own size (default: the "
+     "library in order)"),
     ("--views-per-species", "views_per_species", int, "V",
      "discrete out-of-plane views per species; 0 = uniformly random 3D orientations "
      "(default %(default)s)"),

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cryoclass.errors import InputError
+from cryoclass.simulation.params import PDB_PREFIX
+
 logger = logging.getLogger(__name__)
 
 #: Atoms per unit volume, in units of the particle diameter cubed.
@@ -37,6 +40,12 @@ ROD_ATOMS = 10
 ROD_SPACING = 0.018
 #: Base seed of the (seed-independent) phantom atom positions.
 _PHANTOM_SEED = 20240517
+#: Atom width of a model read from a PDB file (Å; raised to >= 1 px when rendered).
+PDB_ATOM_SIGMA_A = 1.0
+#: Electrons per element (the atom's weight in a PDB phantom); others count as carbon.
+ELECTRONS = {"H": 1, "C": 6, "N": 7, "O": 8, "NA": 11, "MG": 12, "P": 15, "S": 16,
+             "CL": 17, "K": 19, "CA": 20, "MN": 25, "FE": 26, "CO": 27, "NI": 28,
+             "CU": 29, "ZN": 30, "SE": 34}
 
 # Globular designs: domains (centre xyz, semi-axes abc) in units of the diameter, plus
 # straight linkers (start, end, radius) between domains.
@@ -229,7 +238,13 @@ def globular_phantom(index: int, diameter_A: float) -> Phantom:
 
 
 def named_phantom(name: str, diameter_A: float) -> Phantom:
-    """Globular phantom by design name (library, ``asym_five`` or ``procedural_<i>``)."""
+    """Globular phantom by design name (library, ``asym_five``, ``procedural_<i>``) or model.
+
+    ``pdb:PATH`` reads an atomic model at its own size (:func:`pdb_phantom`);
+    ``diameter_A`` scales the designs only.
+    """
+    if name.startswith(PDB_PREFIX):
+        return pdb_phantom(name[len(PDB_PREFIX):])
     if name in _NAMED_DESIGNS:
         index, design = _NAMED_DESIGNS[name]
         return _build(name, design, np.random.default_rng([_PHANTOM_SEED, index]), diameter_A)
@@ -238,6 +253,69 @@ def named_phantom(name: str, diameter_A: float) -> Phantom:
     if name.startswith("procedural_") and name[len("procedural_"):].isdigit():
         return globular_phantom(int(name[len("procedural_"):]), diameter_A)
     raise ValueError(f"unknown phantom design {name!r}")
+
+
+def read_pdb_atoms(path) -> tuple[np.ndarray, np.ndarray]:
+    """Atom coordinates (n, 3) in Å and electron counts (n,) of a PDB file.
+
+    Reads the ``ATOM`` and ``HETATM`` records of the first model (``ENDMDL`` ends it);
+    a name ending in ``.gz`` or ``.bz2`` is decompressed. The element is columns 77-78,
+    else the first letter of the atom name; its weight is :data:`ELECTRONS` (carbon's
+    for an element not listed).
+
+    Raises
+    ------
+    InputError
+        The file holds no atom records or a coordinate does not parse.
+    """
+    import bz2
+    import gzip
+    from pathlib import Path
+
+    path = Path(path)
+    opener = {".gz": gzip.open, ".bz2": bz2.open}.get(path.suffix, open)
+    coords, weights = [], []
+    with opener(path, "rt", errors="replace") as fh:
+        for line in fh:
+            if line.startswith("ENDMDL") and coords:
+                break
+            if not line.startswith(("ATOM  ", "HETATM")):
+                continue
+            try:
+                coords.append((float(line[30:38]), float(line[38:46]), float(line[46:54])))
+            except ValueError:
+                raise InputError(f"{path}: bad coordinates in {line.rstrip()!r}") from None
+            element = line[76:78].strip().upper() or line[12:16].strip()[:1].upper()
+            weights.append(ELECTRONS.get(element, ELECTRONS["C"]))
+    if not coords:
+        raise InputError(f"{path}: no ATOM or HETATM records")
+    return np.asarray(coords, dtype=np.float64), np.asarray(weights, dtype=np.float64)
+
+
+def pdb_phantom(path) -> Phantom:
+    """Phantom of an atomic model (PDB file) at its own size, centred on its centre of mass.
+
+    Each atom is a Gaussian of width :data:`PDB_ATOM_SIGMA_A` weighted by its electrons
+    (:func:`read_pdb_atoms`); :func:`make_phantoms` raises the widths to one pixel.
+
+    Examples
+    --------
+    >>> ph = pdb_phantom("6msm.pdb.bz2")                            # doctest: +SKIP
+    >>> ph.name
+    'pdb:6msm'
+    """
+    from pathlib import Path
+
+    coords, weight = read_pdb_atoms(path)
+    coords = coords - (weight[:, None] * coords).sum(axis=0) / weight.sum()
+    stem = Path(path).name.split(".")[0]
+    return Phantom(f"{PDB_PREFIX}{stem}", coords, np.full(len(weight), PDB_ATOM_SIGMA_A), weight)
+
+
+def phantom_extent_A(phantom: Phantom) -> float:
+    """Largest extent of a phantom: twice its largest atom radius plus 2 sigma (Å)."""
+    r = np.sqrt((phantom.coords_A**2).sum(axis=1)) + 2.0 * phantom.sigma_A
+    return float(2.0 * r.max())
 
 
 def _build(name: str, design: dict, rng: np.random.Generator, diameter_A: float) -> Phantom:
@@ -326,6 +404,11 @@ def make_phantoms(
     if include_filament:
         out.append(filament_phantom(diameter_A, 0.9 * box_A))
     final = [pixel_limited(p, pixel_size_A) for p in out]
+    for p in final:
+        extent = phantom_extent_A(p)
+        if p.name.startswith(PDB_PREFIX) and abs(extent - diameter_A) > 0.25 * diameter_A:
+            logger.warning("atomic model %s spans %.0f Å; the particle diameter is %.0f Å "
+                           "(--diameter)", p.name, extent, diameter_A)
     for p in final:
         logger.debug("phantom %s: %d atoms, sigma %.2f Å", p.name, p.n_atoms, p.sigma_A[0])
     return final
