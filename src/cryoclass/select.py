@@ -112,8 +112,12 @@ class AutoRule:
     tiny_fraction : float
         ... nor with fewer than this fraction of the mean class size (non-empty classes).
     z : float
-        Limits lie ``z`` good-side standard deviations beyond the median of a population
-        shaped like the better half of the classes (see :func:`robust_limit`).
+        Limits lie at least ``z`` good-side standard deviations beyond the median of a
+        population shaped like the better half of the classes (see :func:`robust_limit`).
+    z_clip : float
+        ... and at most ``z_clip`` standard deviations beyond the median of the classes
+        that clipping from the best quarter keeps (so junk classes that are the majority
+        are still found).
     judge_resolution : bool
         Also judge the size-normalised FRC-0.5 resolution (off: over 309 classes of 19
         benchmark runs it ranked junk classes *better* than good ones, docs/reference.md).
@@ -139,6 +143,7 @@ class AutoRule:
     tiny_min_particles: int = 10
     tiny_fraction: float = 0.05
     z: float = 2.0
+    z_clip: float = 3.0
     judge_resolution: bool = False
     min_ratio_res: float = 1.25
     min_ratio_outside: float = 3.0
@@ -269,21 +274,32 @@ def size_normalised_frc(frc: np.ndarray, counts: np.ndarray, n_ref: float,
     return ssnr / (1.0 + ssnr)
 
 
-def robust_limit(badness: np.ndarray, z: float, min_ratio: float) -> tuple[float, float]:
+def robust_limit(badness: np.ndarray, z: float, min_ratio: float,
+                 z_clip: float = 3.0) -> tuple[float, float]:
     """Return the reference and limit of a log-scale "badness" (larger = worse).
 
     The reference is the 25th percentile (what the best quarter of the classes reach).
-    The good-side spread ``sigma = (median - q25) / 0.674`` is what a normal population
-    with that lower half would have, so the junk tail does not widen it. The limit is
-    ``q25 + max((0.674 + z) * sigma, log10(min_ratio))``: for a run of good classes only
-    that is ``median + z * sigma``; the floor keeps a class from being dropped for a
-    difference too small to matter when the good classes are all alike.
+    The limit is the tighter of two estimates of where the good classes end, never
+    closer to the reference than the floor ``q25 + log10(min_ratio)`` (which keeps a
+    class from being dropped for a difference too small to matter when the good classes
+    are all alike):
+
+    - *the better half*: the spread ``sigma = (median - q25) / 0.674`` is what a normal
+      population with that lower half would have, and the limit ``q25 + (0.674 + z)
+      sigma`` is its median plus ``z`` sigma. It assumes that most classes are good: when
+      junk classes are the majority, the median is a junk class and the limit lies
+      beyond every class.
+    - *clipping from the best classes*: start from the classes within the floor; of the
+      current set take the median ``m`` and ``sigma = 1.4826 MAD``; the limit is
+      ``m + z_clip * sigma``, the classes under it are the next set, until the set stops
+      changing. It assumes only that the best quarter of the classes are good, and its
+      spread comes from the classes inside the limit alone.
 
     Parameters
     ----------
     badness : (n,) array
         log10 of the metric, oriented so that larger is worse; finite entries are used.
-    z : float
+    z, z_clip : float
     min_ratio : float
         Minimal factor between limit and reference (>= 1).
 
@@ -296,8 +312,19 @@ def robust_limit(badness: np.ndarray, z: float, min_ratio: float) -> tuple[float
     if b.size == 0:
         return math.nan, math.inf
     q25, q50 = np.percentile(b, [25.0, 50.0])
-    sigma = (q50 - q25) / 0.674
-    return float(q25), float(q25 + max((0.674 + z) * sigma, math.log10(min_ratio)))
+    floor = float(q25) + math.log10(min_ratio)
+    half = float(q25) + (0.674 + z) * (q50 - q25) / 0.674
+    good = b <= floor
+    clipped = floor
+    for _ in range(b.size + 1):  # each pass changes the set; it converges well before
+        g = b[good]
+        m = float(np.median(g))
+        clipped = m + z_clip * 1.4826 * float(np.median(np.abs(g - m)))
+        new = b <= max(clipped, floor)
+        if np.array_equal(new, good):
+            break
+        good = new
+    return float(q25), max(min(half, clipped), floor)
 
 
 def _log10(x: np.ndarray) -> np.ndarray:
@@ -357,7 +384,7 @@ def auto_junk_classes(counts: np.ndarray, norm_res_A: np.ndarray,
     limits: dict = {"min_particles": min_n}
     bad: dict[str, np.ndarray] = {}
     for name, (b, ratio) in metrics.items():
-        ref, lim = robust_limit(b[judged], rule.z, ratio)
+        ref, lim = robust_limit(b[judged], rule.z, ratio, rule.z_clip)
         sign = -1.0 if name == "contrast" else 1.0
         limits[name] = (10.0 ** (sign * ref), 10.0 ** (sign * lim))
         bad[name] = ~(b <= lim)  # NaN counts as bad: no signal to measure
