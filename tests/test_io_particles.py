@@ -171,6 +171,24 @@ def test_relative_paths_star_folder_project_parent_and_explicit(project, tmp_pat
         load_particles(star2)
 
 
+def test_written_star_elsewhere_finds_the_input_stacks(project, tmp_path_factory):
+    """A selection written outside the project (run1/select/selected.star) keeps the image
+    names unchanged for RELION and records where they were found, so cryoclass reads it
+    back from any working directory (a second classification round)."""
+    root, images, rel, picks, parts = project
+    table = load_particles(_star31(root / "Select" / "job010", parts))
+    away = tmp_path_factory.mktemp("run1") / "select"
+    write_subset_star(away / "selected.star", table, [4, 1])
+    text = (away / "selected.star").read_text()
+    assert text.startswith(f"# cryoclass: relative image paths were resolved against {root}\n")
+    got = read_star(away / "selected.star")["particles"]["rlnImageName"].tolist()
+    assert got == [parts["rlnImageName"].iloc[4], parts["rlnImageName"].iloc[1]]  # unchanged
+    again = load_particles(away / "selected.star")
+    assert again.base_dir == str(root)
+    np.testing.assert_array_equal(again.image_source().read(np.arange(2)),
+                                  np.stack([images[s][i] for s, i in (picks[4], picks[1])]))
+
+
 def _cs_array(root, rel, picks, shift=True):
     n = len(picks)
     dtype = [("uid", "<u8"), ("blob/path", "S64"), ("blob/idx", "<u4"),

@@ -143,12 +143,37 @@ class ParticleTable:
 # --- helpers ----------------------------------------------------------------------------
 
 
-def _base_candidates(folder: str, project_dir: str | None) -> list[str]:
-    """Folders to resolve relative paths against, in order of preference."""
+#: Comment line of a STAR file written by cryoclass: the folder its relative image names
+#: were resolved against when read (image names are copied unchanged, RELION-style).
+IMAGE_BASE_COMMENT = "cryoclass: relative image paths were resolved against "
+
+
+def _recorded_base(path: str) -> str | None:
+    """Return the folder a cryoclass-written STAR file records for its relative image names."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for _, line in zip(range(20), fh, strict=False):
+                if line.startswith("data_"):
+                    break
+                text = line.lstrip("#").strip()
+                if line.startswith("#") and text.startswith(IMAGE_BASE_COMMENT):
+                    return text[len(IMAGE_BASE_COMMENT):]
+    except OSError:
+        return None
+    return None
+
+
+def _base_candidates(folder: str, project_dir: str | None,
+                     recorded: str | None = None) -> list[str]:
+    """Folders to resolve relative paths against, in order of preference.
+
+    The file's own folder, the folder recorded in a cryoclass-written STAR file, three
+    parents of the file's folder, the working directory; ``project_dir`` alone if given.
+    """
     if project_dir is not None:
         return [os.path.abspath(project_dir)]
     folder = os.path.abspath(folder)
-    out = [folder]
+    out = [folder] + ([recorded] if recorded else [])
     parent = folder
     for _ in range(3):
         parent = os.path.dirname(parent)
@@ -534,7 +559,8 @@ def _plan(path: str, project_dir: str | None) -> _Plan:
     if not os.path.exists(path):
         raise InputError(f"{path}: particle file not found; check the path")
     suffix = Path(path).suffix.lower()
-    candidates = _base_candidates(os.path.dirname(path), project_dir)
+    recorded = _recorded_base(path) if suffix == ".star" else None
+    candidates = _base_candidates(os.path.dirname(path), project_dir, recorded)
     if suffix == ".star":
         index = index_star(path, lambda labels: _find_particle_block(labels, path))
         if index.n_rows == 0:
@@ -1188,7 +1214,11 @@ def write_subset_star(path: str | os.PathLike, table: ParticleTable,
     al, ctf_off = _align(table, align, rows)
     optics, gid = _output_optics(table, ctf_off, comm)
     parts = _in_chunks(rows, al, lambda r, a: _star_particles(table, r, a, ctf_off, gid))
-    write_star(path, {F.STAR_BLOCK_OPTICS: optics, F.STAR_BLOCK_PARTICLES: parts}, comm)
+    # image names are copied unchanged: record where their relative paths were found
+    comments = ([IMAGE_BASE_COMMENT + table.base_dir]
+                if table.star_blocks is not None and table.base_dir else [])
+    write_star(path, {F.STAR_BLOCK_OPTICS: optics, F.STAR_BLOCK_PARTICLES: parts}, comm,
+               comments)
     n = int(sum(comm.allgather(len(rows))))
     if comm.rank == 0:
         logger.info("wrote %d particles to %s", n, os.fspath(path))

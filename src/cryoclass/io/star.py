@@ -29,7 +29,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -554,7 +554,8 @@ def _write_block(fh, name: str, frame: pd.DataFrame) -> None:
     fh.write("\n")
 
 
-def write_star(path: str | os.PathLike, blocks: Mapping[str, object], comm=None) -> None:
+def write_star(path: str | os.PathLike, blocks: Mapping[str, object], comm=None,
+               comments: Sequence[str] = ()) -> None:
     """Write data blocks as RELION-style loop tables, atomically.
 
     Parameters
@@ -576,6 +577,8 @@ def write_star(path: str | os.PathLike, blocks: Mapping[str, object], comm=None)
         them in chunks of ``_WRITE_CHUNK_ROWS`` rows, so no rank holds the whole text.
         Column formats are agreed over all ranks, so the file is the one a single process
         writes from the concatenated table.
+    comments : sequence of str
+        Lines written as ``# line`` before the first block (readers skip them).
     """
     from cryoclass.parallel.comm import Comm
 
@@ -599,6 +602,8 @@ def write_star(path: str | os.PathLike, blocks: Mapping[str, object], comm=None)
             yield from _block_rows(frame, specs)
 
     def head(fh):
+        for line in comments:
+            fh.write(f"# {line}\n")
         for name in names[:-1]:
             _write_block(fh, name, blocks[name])
         fh.write(_block_header(names[-1], columns))
