@@ -17,8 +17,8 @@
 # the cryoclass run, default cryoclass_kK), JUNK (junk kinds for `simulate --junk-types`;
 # default the hard preset's noise,off_centre,broken; a case of its own, CACHE/snrS_nN_JUNK),
 # JUNK_FRACTION (`simulate --junk`, default the preset's 0.2; case suffix _junkF), MODEL
-# (6msm: the particle is PDB 6MSM at its own size, 3 Å/px, diameter 140 Å, fetched by
-# launch/fetch_model.sh into CACHE/models; case suffix _6msm).
+# (6msm or 1bd2: the particle is that PDB model at its own size, 3 Å/px, diameter 140 Å,
+# fetched by launch/fetch_model.sh into CACHE/models; case suffix _MODEL).
 # Layout: CACHE/snrS_nN/data (simulated once), CACHE/snrS_nN/relion_kK (RELION, cached:
 # it does not depend on cryoclass), OUT/snrS_nN_kK/TAG (cryoclass, re-run every time) and
 # OUT/snrS_nN_kK/TAG.md (the table).
@@ -32,9 +32,13 @@ JUNK_FRACTION=${JUNK_FRACTION:-}; MODEL=${MODEL:-}
 SUFFIX=${JUNK:+_$(echo "$JUNK" | tr ',' '-')}${JUNK_FRACTION:+_junk$JUNK_FRACTION}${MODEL:+_$MODEL}
 SIM_ARGS="${JUNK:+--junk-types $JUNK} ${JUNK_FRACTION:+--junk $JUNK_FRACTION}"
 if [ -n "$MODEL" ]; then
-  [ "$MODEL" = 6msm ] || { echo "MODEL: only 6msm is known" >&2; exit 2; }
+  case "$MODEL" in
+    6msm) FILE=6msm.pdb.bz2 ;;
+    1bd2) FILE=1BD2.pdb.gz ;;
+    *) echo "MODEL: 6msm or 1bd2" >&2; exit 2 ;;
+  esac
   bash launch/fetch_model.sh "$CACHE/models"
-  SIM_ARGS="$SIM_ARGS --phantoms pdb:$CACHE/models/6msm.pdb.bz2 --diameter 140 --pixel-size 3"
+  SIM_ARGS="$SIM_ARGS --phantoms pdb:$CACHE/models/$FILE --diameter 140 --pixel-size 3"
 fi
 CC=.venv/bin/cryoclass
 MPIEXEC=.venv/bin/mpiexec
