@@ -314,8 +314,7 @@ def robust_limit(badness: np.ndarray, z: float, min_ratio: float,
     q25, q50 = np.percentile(b, [25.0, 50.0])
     floor = float(q25) + math.log10(min_ratio)
     half = float(q25) + (0.674 + z) * (q50 - q25) / 0.674
-    good = b <= floor
-    clipped = floor
+    good = b <= floor  # never empty: the floor lies at or above q25
     for _ in range(b.size + 1):  # each pass changes the set; it converges well before
         g = b[good]
         m = float(np.median(g))

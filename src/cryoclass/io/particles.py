@@ -155,8 +155,8 @@ def _recorded_base(path: str) -> str | None:
             for _, line in zip(range(20), fh, strict=False):
                 if line.startswith("data_"):
                     break
-                text = line.lstrip("#").strip()
-                if line.startswith("#") and text.startswith(IMAGE_BASE_COMMENT):
+                text = line.lstrip("#").strip() if line.startswith("#") else ""
+                if text.startswith(IMAGE_BASE_COMMENT):
                     return text[len(IMAGE_BASE_COMMENT):]
     except OSError:
         return None

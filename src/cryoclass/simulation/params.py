@@ -259,9 +259,10 @@ class SimulationParams:
                 bad(f"phantoms names {len(self.phantoms)} designs for {n_glob} globular "
                     f"species")
             for name in self.phantoms:
-                if name.startswith(PDB_PREFIX):
-                    if not os.path.isfile(name[len(PDB_PREFIX):]):
-                        bad(f"atomic model {name[len(PDB_PREFIX):]} not found")
+                model = model_path(name)
+                if model is not None:
+                    if not os.path.isfile(model):
+                        bad(f"atomic model {model} not found")
                 elif name not in PHANTOM_DESIGNS and not _is_procedural(name):
                     bad(f"unknown phantom {name!r}; choose from {', '.join(PHANTOM_DESIGNS)}, "
                         f"procedural_<i> or pdb:PATH")
@@ -324,11 +325,15 @@ def _is_procedural(name: str) -> bool:
     return head == "procedural" and tail.isdigit()
 
 
+def model_path(name: str) -> str | None:
+    """Return the PATH of a phantom name ``pdb:PATH`` (an atomic model), else None."""
+    return name[len(PDB_PREFIX):] if name.startswith(PDB_PREFIX) else None
+
+
 def _absolute_model(name: str) -> str:
     """``pdb:PATH`` with PATH absolute (the truth file is read from anywhere); others as given."""
-    if name.startswith(PDB_PREFIX):
-        return PDB_PREFIX + os.path.abspath(name[len(PDB_PREFIX):])
-    return name
+    model = model_path(name)
+    return name if model is None else PDB_PREFIX + os.path.abspath(model)
 
 
 def _names(text: str) -> tuple[str, ...]:

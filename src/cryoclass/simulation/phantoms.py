@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from cryoclass.errors import InputError
-from cryoclass.simulation.params import PDB_PREFIX
+from cryoclass.simulation.params import PDB_PREFIX, model_path
 
 logger = logging.getLogger(__name__)
 
@@ -243,8 +244,9 @@ def named_phantom(name: str, diameter_A: float) -> Phantom:
     ``pdb:PATH`` reads an atomic model at its own size (:func:`pdb_phantom`);
     ``diameter_A`` scales the designs only.
     """
-    if name.startswith(PDB_PREFIX):
-        return pdb_phantom(name[len(PDB_PREFIX):])
+    model = model_path(name)
+    if model is not None:
+        return pdb_phantom(model)
     if name in _NAMED_DESIGNS:
         index, design = _NAMED_DESIGNS[name]
         return _build(name, design, np.random.default_rng([_PHANTOM_SEED, index]), diameter_A)
@@ -270,7 +272,6 @@ def read_pdb_atoms(path) -> tuple[np.ndarray, np.ndarray]:
     """
     import bz2
     import gzip
-    from pathlib import Path
 
     path = Path(path)
     opener = {".gz": gzip.open, ".bz2": bz2.open}.get(path.suffix, open)
@@ -304,8 +305,6 @@ def pdb_phantom(path) -> Phantom:
     >>> ph.name
     'pdb:6msm'
     """
-    from pathlib import Path
-
     coords, weight = read_pdb_atoms(path)
     coords = coords - (weight[:, None] * coords).sum(axis=0) / weight.sum()
     stem = Path(path).name.split(".")[0]
@@ -405,11 +404,11 @@ def make_phantoms(
         out.append(filament_phantom(diameter_A, 0.9 * box_A))
     final = [pixel_limited(p, pixel_size_A) for p in out]
     for p in final:
-        extent = phantom_extent_A(p)
-        if p.name.startswith(PDB_PREFIX) and abs(extent - diameter_A) > 0.25 * diameter_A:
-            logger.warning("atomic model %s spans %.0f Å; the particle diameter is %.0f Å "
-                           "(--diameter)", p.name, extent, diameter_A)
-    for p in final:
+        if p.name.startswith(PDB_PREFIX):  # a model keeps its size: say if --diameter differs
+            extent = phantom_extent_A(p)
+            if abs(extent - diameter_A) > 0.25 * diameter_A:
+                logger.warning("atomic model %s spans %.0f Å; the particle diameter is %.0f Å "
+                               "(--diameter)", p.name, extent, diameter_A)
         logger.debug("phantom %s: %d atoms, sigma %.2f Å", p.name, p.n_atoms, p.sigma_A[0])
     return final
 
