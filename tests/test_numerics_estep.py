@@ -270,25 +270,25 @@ def test_accumulate_force_max_nothing_to_add():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kept", ["all_rows", "some_rows"])
 def test_accumulate_marginal_matches_loop(xp, dtype, kept):
-    """The two GEMMs equal the loop over every (kept) (particle, shift) row and pose."""
+    """The GEMMs equal the loop over every (kept) (particle, shift, class) cell and psi."""
     g, ctf2, phases, half, weights, post, (k, n_psi) = accum_problem(6)
     p, m = g.shape
     n_t = phases.shape[0]
     rng = np.random.default_rng(7)
     num0 = crandn(rng, 2 * k * n_psi, m)
     den0 = rng.uniform(0, 1, (2 * k * n_psi, m))
-    keep = np.ones((p, n_t), bool)
+    keep = np.ones((p, n_t, k), bool)
     if kept == "some_rows":
-        keep = rng.uniform(size=(p, n_t)) < 0.4
+        keep = rng.uniform(size=(p, n_t, k)) < 0.4
         keep[0] = False  # a particle with nothing kept
+        keep[1, :, 1] = False  # a class with nothing kept for one particle
     num_ref, den_ref = num0.copy(), den0.copy()
-    for i, t in zip(*np.nonzero(keep)):
-        for c in range(k):
-            for j in range(n_psi):
-                wt = post.pose_weights[i, t, c, j] * weights[i, c]
-                b = (half[i] * k + c) * n_psi + j
-                num_ref[b] += wt * g[i] * np.conj(phases[t])
-                den_ref[b] += wt * ctf2[i]
+    for i, t, c in zip(*np.nonzero(keep)):
+        for j in range(n_psi):
+            wt = post.pose_weights[i, t, c, j] * weights[i, c]
+            b = (half[i] * k + c) * n_psi + j
+            num_ref[b] += wt * g[i] * np.conj(phases[t])
+            den_ref[b] += wt * ctf2[i]
     num, den = xp.asarray(num0), xp.asarray(den0)
     gd, c2d, phd, wd = cast(xp, dtype, g, ctf2, phases, weights)
     accumulate_marginal(num, den, gd, c2d, phd, _to(xp, dtype, post), xp.asarray(half), wd,
@@ -353,3 +353,4 @@ def test_run_sums_sparse_and_cumulative_agree_with_a_loop():
         for got in (_run_sums_sparse(mat, cols, w, first),
                     _run_sums_cumsum(mat, cols, w, first, out_dtype)):
             np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+

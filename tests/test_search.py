@@ -109,9 +109,9 @@ def test_marginal_backprojection_matches_a_loop_over_local_poses(monkeypatch):
 
 
 def test_exhaustive_marginal_backprojection_keeps_the_significant_rows(monkeypatch):
-    """Force max off, exhaustive: the backprojection leaves out only the (particle, shift)
-    rows outside SIGNIFICANT_MASS of each particle's weight; with fraction 1 it is the
-    dense sum over every pose."""
+    """Force max off, exhaustive: the backprojection leaves out only the (particle, shift,
+    class) cells outside SIGNIFICANT_MASS of each particle's weight; with fraction 1 it is
+    the dense sum over every pose."""
     from cryoclass.em.driver import chunk_ctf
     from cryoclass.geometry import make_geometry
     from cryoclass.numerics import estep
@@ -136,18 +136,18 @@ def test_exhaustive_marginal_backprojection_keeps_the_significant_rows(monkeypat
     k, n_psi = cp.shape[1], level.psi_rad.size
     dense = [np.zeros((2 * k * n_psi, bp.size), complex), np.zeros((2 * k * n_psi, bp.size))]
     estep.accumulate_marginal(*dense, g, ctf2, ps.phases[:, bp], post, half, cp)
-    row_mass = (post.pose_weights.sum(axis=3) * cp[:, None, :]).sum(axis=2)
+    cell_mass = (post.pose_weights.sum(axis=3) * cp[:, None, :]).reshape(cp.shape[0], -1)
     for fraction, tol in ((1.0, 1e-4), (0.999, 2e-3)):
         monkeypatch.setattr(search_mod, "SIGNIFICANT_MASS", fraction)
         num, den = np.zeros_like(dense[0]), np.zeros_like(dense[1])
         ps.backproject(num, den, y, ctf, poses, cp, half)
         assert np.abs(num - dense[0]).max() <= tol * np.abs(dense[0]).max(), fraction
         assert np.abs(den - dense[1]).max() <= tol * dense[1].max(), fraction
-        if fraction < 1:  # rows really are left out: bins only they reached stay empty
+        if fraction < 1:  # cells really are left out: bins only they reached stay empty
             assert (den == 0).sum() > (dense[1] == 0).sum()
-    kept = search_mod.significant(row_mass)
-    assert kept.sum() < kept.size  # the default fraction leaves rows out here
-    assert (row_mass * kept).sum(axis=1).min() >= 0.999 * row_mass.sum(axis=1).min() - 1e-6
+    kept = search_mod.significant(cell_mass)
+    assert kept.sum() < kept.size  # the default fraction leaves cells out here
+    assert (cell_mass * kept).sum(axis=1).min() >= 0.999 * cell_mass.sum(axis=1).min() - 1e-6
 
 
 def test_fit_statistics_of_the_best_pose_match_its_log_likelihood():
@@ -180,3 +180,4 @@ def test_fit_statistics_of_the_best_pose_match_its_log_likelihood():
                        fit["image_pow"] - 2 * fit["cross_cor"] + fit["slice_pow"], rtol=1e-4)
     assert np.all(fit["resid_pow"] < fit["image_pow"])  # the best pose explains some signal
     assert 0.3 < np.median(fit["alpha"]) < 3.0
+

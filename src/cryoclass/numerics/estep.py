@@ -61,10 +61,11 @@ def pose_loglik(y, ctf, inv_sigma2_w, refs, phases):
     n_p, n_t, m = u.shape
     uf = _real_view(u).reshape(n_p * n_t, 2 * m)
     vf = _real_view(xp.conj(refs))  # (n_refs, 2M) = [Re V, -Im V]
-    cross = uf @ vf.T  # (n_p n_t, n_refs)
+    cross = (uf @ vf.T).reshape(n_p, n_t, -1)  # (n_p, n_t, n_refs)
     power = (refs.real**2 + refs.imag**2).astype(uf.dtype)  # (n_refs, M)
     norm = ((ctf * ctf) * inv_sigma2_w[None, :]).astype(uf.dtype) @ power.T  # (n_p, n_refs)
-    return cross.reshape(n_p, n_t, -1) - 0.5 * norm[:, None, :]
+    cross -= 0.5 * norm[:, None, :]  # in place: the table is the chunk's largest array
+    return cross
 
 
 def logsumexp(a, axis):
@@ -150,9 +151,12 @@ def _best_mass(best, lse):
 def posteriors(loglik, n_classes: int, log_prior_shift, log_prior_class, force_max: bool):
     """Class posteriors (always marginal over classes) and pose posteriors.
 
+    ``loglik`` is consumed: the table is overwritten in place (with force max off it
+    becomes the pose weights), so that the chunk's largest array is not copied.
+
     Parameters
     ----------
-    loglik : real (P, n_shifts, K * n_psi)
+    loglik : real (P, n_shifts, K * n_psi), C-contiguous
     log_prior_shift : real (n_shifts,)
         Normalized log prior of each shift.
     log_prior_class : real (K,)
@@ -163,24 +167,29 @@ def posteriors(loglik, n_classes: int, log_prior_shift, log_prior_class, force_m
     xp = array_namespace(loglik)
     p, n_t, kr = loglik.shape
     n_psi = kr // n_classes
-    flat = class_pose_table(loglik, n_classes, log_prior_shift)  # (P, K, n_t*n_psi)
-    # best pose per class
-    arg = flat.argmax(axis=2)
-    best_val = xp.take_along_axis(flat, arg[..., None], axis=2)[..., 0]
-    best_shift = arg // n_psi
-    best_psi = arg % n_psi
-    best_ll = xp.take_along_axis(
-        xp.moveaxis(loglik.reshape(p, n_t, n_classes, n_psi), 2, 1).reshape(p, n_classes, -1),
-        arg[..., None], axis=2)[..., 0]
+    lp = loglik.reshape(p, n_t, n_classes, n_psi)
+    lp += log_prior_shift[None, :, None, None]
+    # best pose per class: the first (shift, psi) in row-major order that holds the maximum
+    per_shift = lp.max(axis=3)  # (P, n_t, K)
+    best_shift = per_shift.argmax(axis=1)  # (P, K)
+    best_val = xp.take_along_axis(per_shift, best_shift[:, None, :], axis=1)[:, 0, :]
+    del per_shift
+    ar, kk = xp.arange(p)[:, None], xp.arange(n_classes)[None, :]
+    best_psi = lp[ar, best_shift, kk, :].argmax(axis=2)  # (P, K)
+    best_ll = best_val - log_prior_shift[best_shift]  # L at the best pose, no shift prior
+    # in place: exp(l - best) per class, its sum over the class's poses
+    lp -= best_val[:, None, :, None]
+    xp.exp(lp, out=lp)
+    total = lp.sum(axis=3).sum(axis=1)  # (P, K), >= 1
+    mass = 1.0 / total  # best_pose_mass: the best pose holds exp(0) = 1 of the sum
+    lse = best_val + xp.log(total)
     weights = None
-    lse = logsumexp(flat, axis=2)
-    mass = _best_mass(best_val, lse)  # best_pose_mass, from the same table
     if force_max:
         score = best_val
     else:
         score = lse - np.log(n_psi)
-        w = xp.exp(flat - (score + np.log(n_psi))[..., None])  # sums to 1 over poses
-        weights = xp.moveaxis(w.reshape(p, n_classes, n_t, n_psi), 1, 2)  # (P, n_t, K, n_psi)
+        lp /= total[:, None, :, None]  # within-class pose weights, summing to 1 over poses
+        weights = lp  # (P, n_t, K, n_psi)
     logits = score.astype(np.float64) + log_prior_class[None, :]
     logits = logits - logits.max(axis=1, keepdims=True)
     cp = xp.exp(logits)
@@ -371,32 +380,40 @@ def _run_sums_cumsum(mat, cols, w, first, dtype):
 
 def accumulate_marginal(num, den, g, ctf2, phases_full, post: Posteriors, half, weights,
                         keep=None):
-    """Add one chunk's pose-marginalized contributions (two GEMMs per half-set).
+    """Add one chunk's pose-marginalized contributions (in place).
 
-    ``keep`` (bool (P, n_shifts), optional) selects the (particle, shift) rows that are
-    backprojected with all their (class, psi) weights; the others are left out (default:
-    every row). The numerator is one GEMM of the kept rows' weights against their
-    shifted particles, the denominator the kept weights summed over shifts times CTF^2.
+    ``keep`` (bool (P, n_shifts, K), optional) selects the (particle, shift, class) cells
+    that are backprojected with all their rotations' weights; the others are left out
+    (default: every cell). Per class and half-set the numerator is one GEMM of the kept
+    cells' rotation weights (pose weight times class weight) against their shifted
+    particles ``g_i conj(S_t)``, so its cost follows the classes a particle belongs to,
+    not K; the denominator is one GEMM of the kept weights summed over shifts against
+    CTF^2.
     """
     xp = array_namespace(g)
-    p, n_t, k, n_psi = post.pose_weights.shape
+    pw = post.pose_weights
+    p, n_t, k, n_psi = pw.shape
     if keep is None:
-        keep = xp.ones((p, n_t), dtype=bool)
+        keep = xp.ones((p, n_t, k), dtype=bool)
+    # sum over the kept shifts of each (particle, class, psi) weight, times the class weight
+    wsum = xp.einsum("ptk,ptkj->pkj", keep.astype(pw.dtype), pw) * weights[:, :, None]
+    wsum = wsum.reshape(p, k * n_psi).astype(ctf2.dtype)
+    conj_phases = xp.conj(phases_full)
     for h in (0, 1):
         sel = xp.nonzero(half == h)[0]
         if sel.size == 0:
             continue
-        pw = post.pose_weights[sel] * (weights[sel][:, None, :, None] * keep[sel][:, :, None, None])
-        ii, tt = xp.nonzero(keep[sel])  # the kept (particle, shift) rows
-        if ii.size == 0:
-            continue
-        gf = _real_view(g[sel[ii]] * xp.conj(phases_full)[tt])  # (rows, 2 M_f)
-        wmat = pw[ii, tt].reshape(ii.size, k * n_psi).astype(gf.dtype)
-        acc = (wmat.T @ gf).astype(np.float64)  # (K n_psi, 2 M_f)
-        rows = slice(h * k * n_psi, (h + 1) * k * n_psi)
-        num[rows] += acc.view(np.complex128)
-        wsum = pw.sum(axis=1).reshape(sel.size, k * n_psi).astype(ctf2.dtype)
-        den[rows] += (wsum.T @ ctf2[sel]).astype(np.float64)
+        base = h * k * n_psi
+        den[base:base + k * n_psi] += (wsum[sel].T @ ctf2[sel]).astype(np.float64)
+        for c in range(k):
+            ii, tt = xp.nonzero(keep[sel, :, c])  # the kept (particle, shift) rows of c
+            if ii.size == 0:
+                continue
+            ii = sel[ii]
+            wmat = (pw[ii, tt, c, :] * weights[ii, c][:, None]).astype(g.real.dtype)
+            gf = _real_view(g[ii] * conj_phases[tt])  # (rows, 2 M_f)
+            acc = (wmat.T @ gf).astype(np.float64)  # (n_psi, 2 M_f)
+            num[base + c * n_psi:base + (c + 1) * n_psi] += acc.view(np.complex128)
 
 
 def residual_power(y_full, ctf_full, refs_full, phases_full, cls, t_idx, psi_idx,

@@ -262,10 +262,13 @@ class PoseSearch:
         else:
             phases = self.phases if self.full_bp else self.phases[:, self.bp]
             post = poses.exhaustive
-            # the (particle, shift) rows holding SIGNIFICANT_MASS of each particle's weight
-            row_mass = (post.pose_weights.sum(axis=3) * weights[:, None, :]).sum(axis=2)
+            # the (particle, shift, class) cells holding SIGNIFICANT_MASS of each
+            # particle's weight
+            p = y.shape[0]
+            cell_mass = post.pose_weights.sum(axis=3) * weights[:, None, :]  # (P, n_t, K)
+            keep = significant(cell_mass.reshape(p, -1)).reshape(cell_mass.shape)
             estep.accumulate_marginal(num_bins, den_bins, g, ctf2, phases, post, half,
-                                      weights, keep=significant(row_mass))
+                                      weights, keep=keep)
 
     def model_at(self, ctf, cls, shift, psi):
         """Model ``CTF S_t R_psi A_k`` (P, M_l) at the given poses (lattice shifts).
