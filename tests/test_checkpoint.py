@@ -11,7 +11,7 @@ from cryoclass.parallel.comm import Comm
 
 from engine_fixtures import make_problem
 
-OPTS = ["classify.n_classes=4", "classify.max_res_A=12", "classify.online_em_iters=5",
+OPTS = ["classify.marginalize_poses=never", "classify.n_classes=4", "classify.max_res_A=12", "classify.online_em_iters=5",
         "classify.batch_size_per_class=40", "classify.anneal_start_iter=1",
         "classify.anneal_iters=2", "search.psi_step_deg=8", "mask.inner_diameter_A=160"]
 

@@ -19,7 +19,7 @@ from cryoclass.simulate import SimulationParams, simulate_dataset
 from conftest import mpiexec_command
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-OPTS = ["--classes", "3", "--max-res", "14", "--online-iters", "2", "--batch-per-class", "30",
+OPTS = ["--marginalize", "never", "--classes", "3", "--max-res", "14", "--online-iters", "2", "--batch-per-class", "30",
         "--psi-step", "15", "--set", "classify.anneal_iters=1", "--no-plots"]
 VOLATILE = {"created", "argv", "host", "n_ranks"}
 pytestmark = pytest.mark.mpi

@@ -16,7 +16,7 @@ from cryoclass.parallel.comm import Comm
 
 from engine_fixtures import make_problem
 
-OPTS = ["classify.n_classes=3", "classify.max_res_A=12", "classify.online_em_iters=6",
+OPTS = ["classify.marginalize_poses=never", "classify.n_classes=3", "classify.max_res_A=12", "classify.online_em_iters=6",
         "classify.batch_size_per_class=60", "classify.anneal_start_iter=1",
         "classify.anneal_iters=2", "search.psi_step_deg=6", "mask.inner_diameter_A=160",
         "search.shift_range_A=51.2"]  # 20% of the box, as these mechanism tests were set

@@ -30,7 +30,7 @@ FRC_SUPPORTED = 0.5
 MARGIN_SPECKLES = 2.0
 #: ``classify.marginalize_poses = "auto"`` marginalizes over every pose when the
 #: information per particle at 20 Å (numerics.information) is below this.
-MARGINAL_BELOW_INFORMATION = 50.0
+MARGINAL_BELOW_INFORMATION = 200.0
 
 
 def schedule(cfg: Config) -> list[tuple[str, int]]:
