@@ -148,8 +148,9 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                         "for very low SNR (about 0.02)")
     g.add_argument("--marginalize", choices=["auto", "always", "never"],
                    help="marginalize over every pose (as --no-force-max --exhaustive): "
-                        "always, never, or auto (default): when the particles' measured "
-                        "information at 20 Å is low (the event log prints it)")
+                        "always (every iteration), never, or auto (default): in the "
+                        "online-EM iterations when the particles' measured information "
+                        "at 20 Å is low (the event log prints it)")
     g.add_argument("--no-ctf", action="store_true",
                    help="no CTF correction (pre-corrected or negative-stain data)")
     g.add_argument("--phase-flip-only", action="store_true", help="correct CTF phases only")

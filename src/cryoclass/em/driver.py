@@ -29,6 +29,7 @@ from cryoclass.em.levels import Level, make_level
 from cryoclass.em.schedule import (
     backprojection_resolution,
     initial_resolution,
+    marginal_iteration,
     marginalize_poses,
     next_resolution,
     online_step,
@@ -599,20 +600,21 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
     if state.pose_marginal < 0:  # decided once per run (a resumed run keeps its choice;
         # one checkpointed before the choice existed keeps the configured search)
         state.pose_marginal = int(state.iteration == 0 and marginalize_poses(cfg, info))
+    configured = (f"{cfg.search.mode.replace('_', '-')} search, force max "
+                  f"{'on' if c.force_max else 'off'}")
     if comm.rank == 0:
         logger.info("information per particle at %.0f Å: %.1f (twice the log-likelihood "
                     "ratio of a noise-free class; %d particles sampled); poses: %s",
                     INFO_RES_A, info, int(info_sums[1]),
-                    "marginalized over all of them (force max off, exhaustive search)"
-                    if state.pose_marginal else
-                    f"{cfg.search.mode.replace('_', '-')} search, force max "
-                    f"{'on' if c.force_max else 'off'}")
-    if state.pose_marginal:
-        cfg = dataclasses.replace(
-            cfg, classify=dataclasses.replace(c, force_max=False),
-            search=dataclasses.replace(cfg.search, mode="exhaustive"))
-        c = cfg.classify
-        geom = dataclasses.replace(geom, search_mode="exhaustive")
+                    ("marginalized over all of them (force max off, exhaustive search) in "
+                     + ("every iteration" if marginal_iteration(cfg, "full", True) else
+                        f"the online-EM iterations, then {configured}")
+                     if state.pose_marginal else configured))
+    # the search of the iterations that marginalize over every pose
+    marginal_cfg = dataclasses.replace(
+        cfg, classify=dataclasses.replace(c, force_max=False),
+        search=dataclasses.replace(cfg.search, mode="exhaustive"))
+    marginal_geom = dataclasses.replace(geom, search_mode="exhaustive")
     layout = Layout(k, geom.n_coeffs, geom.n_shells)
     last_class = np.full(shard.n_local, -1, dtype=np.int64)
     last_psi = np.zeros(shard.n_local)
@@ -623,12 +625,14 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
     for it in range(state.iteration, len(plan)):
         kind, sub = plan[it]
         t_it = time.perf_counter()
-        s2 = sigma2_used(state, it, kind, cfg, geom)
-        level = make_level(geom, state.align_res_A,
+        marginal = marginal_iteration(cfg, kind, bool(state.pose_marginal))
+        it_cfg, it_geom = (marginal_cfg, marginal_geom) if marginal else (cfg, geom)
+        s2 = sigma2_used(state, it, kind, it_cfg, it_geom)
+        level = make_level(it_geom, state.align_res_A,
                            backprojection_resolution(state.align_res_A, geom, cfg)
                            if kind == "online" else None)
-        out = run_iteration(state, shard, geom, level, cfg, kind, it, s2, xp, last_class,
-                            last_psi, layout, show_progress=show)
+        out = run_iteration(state, shard, it_geom, level, it_cfg, kind, it, s2, xp,
+                            last_class, last_psi, layout, show_progress=show)
         t_e = time.perf_counter() - t_it
         t_red = time.perf_counter()
         buf = comm.allreduce_sum_to_host(out.packed)
@@ -694,7 +698,7 @@ def classify(table, cfg: Config, comm: Comm, xp: ModuleType = np,
             "estep_gflop": float(layout.view(buf, "flops")[0]) / 1e9,
             "reduce_seconds": t_red,
             **level.describe(), "next_align_res_A": state.align_res_A,
-            "information_20A": info, "pose_marginal": state.pose_marginal,
+            "information_20A": info, "pose_marginal": int(marginal),
             **{key: float(val) for key, val in out.phase_seconds.items()},
         }
         state.sigma2_est = est

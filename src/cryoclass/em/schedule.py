@@ -4,7 +4,8 @@ r"""Which particles, which noise and which resolution each iteration uses.
 * :func:`sigma2_used`: the annealed noise model of an iteration.
 * :func:`online_step`: the online-EM step size.
 * :func:`initial_resolution` and :func:`next_resolution`: the resolution schedule.
-* :func:`marginalize_poses`: whether the run marginalizes over every pose.
+* :func:`marginalize_poses`: whether the run marginalizes over every pose;
+  :func:`marginal_iteration`: which of its iterations do.
 
 The resolution schedule (``docs/algorithm.md``, "Resolution schedule"): the first
 iteration aligns at ``initial_res_A`` (auto: particle diameter D / 3). After each M-step
@@ -99,6 +100,19 @@ def marginalize_poses(cfg: Config, information: float) -> bool:
     if mode == "auto":
         return bool(np.isfinite(information) and information < MARGINAL_BELOW_INFORMATION)
     return mode == "always"
+
+
+def marginal_iteration(cfg: Config, kind: str, run_marginal: bool) -> bool:
+    """Whether an iteration of ``kind`` ("online" or "full") marginalizes over every pose.
+
+    A run that marginalizes (:func:`marginalize_poses`) does so in its online-EM
+    iterations, where the classes are poor and a particle's poses are uncertain. Its final
+    full passes, over every particle with classes that have converged, use the configured
+    search (force max by default) unless ``classify.marginalize_poses`` is "always": the
+    full passes then cost force max's time, which at 50,000 particles is most of the run
+    (docs/algorithm.md, "Pose marginalization").
+    """
+    return run_marginal and (kind == "online" or cfg.classify.marginalize_poses == "always")
 
 
 def online_step(it: int) -> float:
