@@ -24,14 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from cryoclass.backend import array_namespace
+from cryoclass.backend import array_namespace, to_host
 from cryoclass.numerics.fourier import to_real
-from cryoclass.numerics.transforms import (
-    apply_plan,
-    interpolation_plan,
-    padded_transform,
-    rotate_smooth,
-)
+from cryoclass.numerics.transforms import interpolation_plan, padded_transform
 
 
 def scatter_half_plane(values, index, n: int):
@@ -42,8 +37,27 @@ def scatter_half_plane(values, index, n: int):
     return out.reshape(values.shape[0], n, n // 2 + 1)
 
 
+#: Bound on the elements of one batch of :func:`bins_to_class_frame` (its padded
+#: transforms and its gather ``(2K, rotations, M, 4)``): about 16 MB of complex128.
+CLASS_FRAME_BATCH = 1_000_000
+
+
 def bins_to_class_frame(num_bins, den_bins, n: int, index, ky, kx, psi_rad, pad: int):
     """Rotate particle-frame bins back into the class frame and sum over psi.
+
+    ``N(q) = sum_j B_j(R(psi_j) q)``. On a grid of ``n_psi`` equal steps the rotations
+    ``psi_j + 360 r / d`` (r = 0 .. d-1; d = 4 when ``n_psi`` is a multiple of 4, else 2)
+    differ from ``psi_j`` by quarter or half turns, which map the sampling lattice onto
+    itself; their bins are summed exactly after those turns and only ``n_psi / d`` sums
+    are rotated by interpolation, with the same result as rotating every bin alone (to
+    rounding): the numerator's turns are pixel permutations of the pre-compensated images
+    inside the padded box (:func:`~cryoclass.numerics.transforms.padded_transform`), then
+    sampled on the padded transform as
+    :func:`~cryoclass.numerics.transforms.rotate_coefficients` does; the CTF^2
+    denominator (real and even) is turned by index permutations of the coefficients and
+    sampled bilinearly on the unpadded half plane as
+    :func:`~cryoclass.numerics.transforms.rotate_smooth` does. Batches of rotations are
+    bounded by :data:`CLASS_FRAME_BATCH`.
 
     Parameters
     ----------
@@ -63,19 +77,95 @@ def bins_to_class_frame(num_bins, den_bins, n: int, index, ky, kx, psi_rad, pad:
     m = num_bins.shape[1]
     nb = num_bins.reshape(hk, n_psi, m)
     db = den_bins.reshape(hk, n_psi, m)
+    turns = [xp.asarray(pos) for pos in _turn_maps(ky, kx, n_psi, pad * n >= n + 2)]
+    d = len(turns)
+    n_g = n_psi // d
+    used = to_host((db != 0).any(axis=2).any(axis=0)).reshape(d, n_g).any(axis=0)
+    groups = np.flatnonzero(used)
     num = xp.zeros((hk, m), dtype=np.complex128)
     den = xp.zeros((hk, m), dtype=np.float64)
-    for j in range(n_psi):
-        if not bool((db[:, j] != 0).any()):
-            continue
-        grid = scatter_half_plane(nb[:, j], index, n)
-        img = to_real(grid, n)
-        plan = interpolation_plan(ky, kx, np.array([-psi_rad[j]]), pad, pad * n, xp)
-        num += apply_plan(padded_transform(img, pad), plan)[:, 0]
-        dgrid = scatter_half_plane(db[:, j], index, n)
-        den += rotate_smooth(dgrid, n, ky, kx, np.array([-psi_rad[j]]))[:, 0]
+    if groups.size == 0:
+        return num.reshape(2, hk // 2, m), den.reshape(2, hk // 2, m)
+    # the d bins of a group, turned back onto the group's first rotation and added
+    nbg = nb.reshape(hk, d, n_g, m)
+    dbg = db.reshape(hk, d, n_g, m)
+    angles = -np.asarray(psi_rad, dtype=np.float64)[groups]
+    plan_num = interpolation_plan(ky, kx, angles, pad, pad * n, xp)
+    plan_den = interpolation_plan(ky, kx, angles, 1, n, xp)
+    per_group = hk * max(4 * m, pad * n * (pad * n // 2 + 1))
+    step = max(1, CLASS_FRAME_BATCH // per_group)
+    for a0 in range(0, groups.size, step):
+        gs = groups[a0:a0 + step]
+        sel = xp.asarray(gs)
+        nj = int(gs.size)
+        part = slice(a0, a0 + nj)
+        # numerator: the d turns are summed as pixel permutations inside the padded box
+        grid = scatter_half_plane(nbg[:, :, sel].reshape(-1, m), index, n)
+        imgs = to_real(grid, n).reshape(hk, d, nj, n, n)
+        padded = padded_transform(xp.moveaxis(imgs, 1, 2).reshape(hk * nj, d, n, n), pad,
+                                  turns=d)
+        num += _sample_each(padded.reshape(hk, nj, -1), *(a[part] for a in plan_num))
+        # denominator (real and even): the turns are index permutations of the coefficients
+        cd = xp.zeros((hk, nj, m), dtype=db.dtype)
+        for r, pos in enumerate(turns):
+            cd += dbg[:, r][:, sel][..., pos]
+        dgrid = scatter_half_plane(cd.reshape(hk * nj, m), index, n)
+        den += _sample_each(dgrid.reshape(hk, nj, -1), *(a[part] for a in plan_den[:2]))
     den = xp.maximum(den, 0.0)
     return num.reshape(2, hk // 2, m), den.reshape(2, hk // 2, m)
+
+
+def _turn_maps(ky, kx, n_psi: int, allowed: bool = True) -> list:
+    """Exact turns of a coefficient set by ``360 r / d`` degrees, r = 0 .. d-1.
+
+    d = 4 for a multiple of 4 rotations, 2 for another even number, 1 otherwise (or when
+    not ``allowed``, or when the set is not closed under the turn). Entry r holds, for
+    each coefficient u, the position of ``R(360 r / d) u`` in the set, or of its
+    Hermitian mirror ``-R u`` when ``R u`` itself is not stored (for even data, such as
+    CTF^2 sums, the same value).
+    """
+    ky = np.rint(np.asarray(to_host(ky), dtype=np.float64)).astype(np.int64)
+    kx = np.rint(np.asarray(to_host(kx), dtype=np.float64)).astype(np.int64)
+    identity = [np.arange(ky.size)]
+    d = 4 if n_psi % 4 == 0 else 2 if n_psi % 2 == 0 else 1
+    if not allowed or d == 1:
+        return identity
+    r = int(max(np.abs(ky).max(initial=0), np.abs(kx).max(initial=0)))
+    table = np.full((2 * r + 1, 2 * r + 1), -1, dtype=np.int64)
+    table[ky + r, kx + r] = np.arange(ky.size)
+    maps = []
+    for t in range(d):
+        x, y = kx, ky
+        for _ in range(t * 4 // d):  # quarter turns: R(90 deg) (x, y) = (-y, x)
+            x, y = -y, x
+        pos = table[y + r, x + r]
+        mirror = pos < 0
+        pos[mirror] = table[-y[mirror] + r, -x[mirror] + r]
+        if (pos < 0).any():
+            return identity
+        maps.append(pos)
+    return maps
+
+
+def _sample_each(flat, idx, wgt, conj=None):
+    """Sum over rotations j of the bilinear samples of ``flat[:, j]`` at rotation j's plan.
+
+    Parameters
+    ----------
+    flat : (B, n_rot, Q) half planes, one per bin and rotation
+    idx, wgt, conj : (n_rot, M, 4) :func:`interpolation_plan` of each rotation
+
+    Returns
+    -------
+    (B, M) in float64 / complex128
+    """
+    xp = array_namespace(flat)
+    q = flat.shape[2]
+    gidx = idx + (xp.arange(idx.shape[0]) * q)[:, None, None]
+    v = flat.reshape(flat.shape[0], -1)[:, gidx]  # (B, n_rot, M, 4)
+    if conj is not None:
+        v = xp.where(conj[None], xp.conj(v), v)
+    return (v * wgt[None]).sum(axis=3).sum(axis=1)
 
 
 def shell_sums(values, shell, n_shells: int):

@@ -74,12 +74,19 @@ def _gridding_correction(n: int, pad: int, xp: ModuleType):
     return xp.asarray(1.0 / np.outer(s, s))
 
 
-def padded_transform(images, pad: int):
+def padded_transform(images, pad: int, turns: int = 1):
     """Oversampled half-plane transform of real images for interpolation.
 
     Parameters
     ----------
-    images : array (B, n, n) real
+    images : array (B, n, n) real, or (B, turns, n, n) with ``turns`` > 1
+    turns : int, 1, 2 or 4
+        With ``turns = d`` > 1, image ``r`` of each row is turned by ``360 r / d`` degrees
+        about the centre pixel, exactly (a pixel permutation of the pre-compensated image
+        inside the padded box, where nothing wraps) and the d are summed before the one
+        transform: the transform of the sum equals the sum of the transforms, each sampled
+        at ``R(360 r / d) k`` (bilinear sampling commutes with quarter turns of the
+        lattice). Needs ``pad * n >= n + 2``.
 
     Returns
     -------
@@ -91,8 +98,19 @@ def padded_transform(images, pad: int):
     n = images.shape[-1]
     big = pad * n
     work = images * _gridding_correction(n, pad, xp).astype(images.dtype)
-    buf = xp.zeros(images.shape[:-2] + (big, big), dtype=images.dtype)
     o = big // 2 - n // 2
+    if turns > 1:
+        if big < n + 2:
+            raise ValueError("turned padded transforms need pad * n >= n + 2")
+        # an odd box centred on the centre pixel: np.rot90 turns about that pixel
+        odd = xp.zeros(work.shape[:-2] + (n + 1, n + 1), dtype=work.dtype)
+        odd[..., :n, :n] = work
+        acc = odd[:, 0]
+        for r in range(1, turns):
+            # I_rot(x, y) = I(R(-a) (x, y)): counter-clockwise in (x right, y down) axes
+            acc = acc + xp.rot90(odd[:, r], k=r * 4 // turns, axes=(-2, -1))
+        work, n = acc, n + 1
+    buf = xp.zeros(work.shape[:-2] + (big, big), dtype=work.dtype)
     buf[..., o:o + n, o:o + n] = work
     return to_fourier(buf)
 
