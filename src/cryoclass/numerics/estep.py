@@ -281,7 +281,7 @@ def lattice_phases(tx, ty, ab):
 
 
 def refine_local(z, ctf2w, refs, tx, ty, ab_coarse, psi_coarse, sigma_t_steps: float,
-                 cls=None):
+                 cls=None, refs_power=None):
     r"""Fine poses around each (particle, class)'s best coarse pose.
 
     For every particle i and class k the 3 rotations ``psi_c + (-1, 0, 1)`` (fine grid
@@ -301,6 +301,9 @@ def refine_local(z, ctf2w, refs, tx, ty, ab_coarse, psi_coarse, sigma_t_steps: f
     sigma_t_steps : float, shift prior width in lattice steps
     cls : int (P, J), optional
         Class of each candidate (default: candidate j is class j).
+    refs_power : real (K, n_psi, M), optional
+        ``|refs|^2`` (computed here when not given; a search computes it once per
+        iteration).
 
     Returns
     -------
@@ -326,8 +329,9 @@ def refine_local(z, ctf2w, refs, tx, ty, ab_coarse, psi_coarse, sigma_t_steps: f
     wf = _real_view(w).reshape(-1, 2 * m)  # [Re w, Im w]
     sf = _real_view(xp.conj(s_d))  # [Re S, -Im S]: Re(w S) = Re w Re S - Im w Im S
     cross = (wf @ sf.T).reshape(p, k, 3, 9)
-    power = v.real**2 + v.imag**2
-    norm = (power * ctf2w[:, None, None, :]).sum(axis=-1)  # (P, J, 3)
+    if refs_power is None:
+        refs_power = refs.real**2 + refs.imag**2
+    norm = xp.einsum("pjrm,pm->pjr", refs_power[kk, psi_idx], ctf2w)  # (P, J, 3)
     prior = -0.5 * (ab**2).sum(axis=-1).astype(z.real.dtype) / sigma_t_steps**2  # (P, J, 9)
     ll = cross - 0.5 * norm[..., None] + prior[:, :, None, :]
     return ll, ab, psi_idx

@@ -104,6 +104,7 @@ class PoseSearch:
         self.align = xp.asarray(level.align)
         self.align_in_sub = xp.asarray(np.searchsorted(sub, level.align))
         self.refs3_a = xp.ascontiguousarray(refs[:, :, self.align_in_sub])
+        self.power3_a = self.refs3_a.real**2 + self.refs3_a.imag**2  # for refine_local
         self.refs = refs.reshape(k * n_psi, sub.size)  # (K n_psi, M_l)
         self.shell_sub = xp.asarray(geom.shell[sub])
         self.inv_s2 = xp.asarray((1.0 / sigma2[geom.shell]).astype(real_dtype))
@@ -194,7 +195,8 @@ class PoseSearch:
         ll, cand_t, cand_psi = estep.refine_local(
             z, ctf2w, self.refs3_a, self.tx_a, self.ty_a,
             self.ab_c[t_top].reshape(p, k * nb, 2), 2 * psi_top.reshape(p, k * nb),
-            self.level.sigma_shift_px / self.level.shift_step_px, cls=cls_of)
+            self.level.sigma_shift_px / self.level.shift_step_px, cls=cls_of,
+            refs_power=self.power3_a)
         flat = ll.reshape(p, k, 27 * nb)  # local fine poses per class
         cand_t = cand_t.reshape(p, k, nb, 9, 2)
         cand_psi = cand_psi.reshape(p, k, nb, 3)
