@@ -331,7 +331,9 @@ def refine_local(z, ctf2w, refs, tx, ty, ab_coarse, psi_coarse, sigma_t_steps: f
     cross = (wf @ sf.T).reshape(p, k, 3, 9)
     if refs_power is None:
         refs_power = refs.real**2 + refs.imag**2
-    norm = xp.einsum("pjrm,pm->pjr", refs_power[kk, psi_idx], ctf2w)  # (P, J, 3)
+    # a per-row sum (as the cross term's GEMM rows): a particle's value does not depend on
+    # the chunk it is in, which rank invariance needs
+    norm = (refs_power[kk, psi_idx] * ctf2w[:, None, None, :]).sum(axis=-1)  # (P, J, 3)
     prior = -0.5 * (ab**2).sum(axis=-1).astype(z.real.dtype) / sigma_t_steps**2  # (P, J, 9)
     ll = cross - 0.5 * norm[..., None] + prior[:, :, None, :]
     return ll, ab, psi_idx
