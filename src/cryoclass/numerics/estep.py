@@ -405,12 +405,15 @@ def accumulate_marginal(num, den, g, ctf2, phases_full, post: Posteriors, half, 
     wsum = xp.einsum("ptk,ptkj->pkj", keep.astype(pw.dtype), pw) * weights[:, :, None]
     wsum = wsum.reshape(p, k * n_psi).astype(ctf2.dtype)
     conj_phases = xp.conj(phases_full)
+    # the float64 bins as real (.., 2 M_f): the chunk's float32 sums are added in place,
+    # without a float64 copy of each (the bins are the iteration's largest array)
+    num_re = num.view(np.float64)
     for h in (0, 1):
         sel = xp.nonzero(half == h)[0]
         if sel.size == 0:
             continue
         base = h * k * n_psi
-        den[base:base + k * n_psi] += (wsum[sel].T @ ctf2[sel]).astype(np.float64)
+        den[base:base + k * n_psi] += wsum[sel].T @ ctf2[sel]
         for c in range(k):
             ii, tt = xp.nonzero(keep[sel, :, c])  # the kept (particle, shift) rows of c
             if ii.size == 0:
@@ -418,8 +421,7 @@ def accumulate_marginal(num, den, g, ctf2, phases_full, post: Posteriors, half, 
             ii = sel[ii]
             wmat = (pw[ii, tt, c, :] * weights[ii, c][:, None]).astype(g.real.dtype)
             gf = _real_view(g[ii] * conj_phases[tt])  # (rows, 2 M_f)
-            acc = (wmat.T @ gf).astype(np.float64)  # (n_psi, 2 M_f)
-            num[base + c * n_psi:base + (c + 1) * n_psi] += acc.view(np.complex128)
+            num_re[base + c * n_psi:base + (c + 1) * n_psi] += wmat.T @ gf  # (n_psi, 2 M_f)
 
 
 def residual_power(y_full, ctf_full, refs_full, phases_full, cls, t_idx, psi_idx,
