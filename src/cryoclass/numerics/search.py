@@ -23,8 +23,6 @@ from cryoclass.numerics.transforms import rotate_coefficients, shift_phases
 
 #: Coarse candidates per class refined on the fine grid (coarse-to-fine search).
 N_COARSE = 3
-#: Bound on the complex values of one chunk's local refinement arrays (coarse-to-fine).
-REFINE_ELEMENTS = 3_000_000
 #: Class weights below this are not backprojected.
 P_MIN = 1e-4
 #: Marginal backprojection: a particle's largest local pose weights holding this fraction
@@ -152,10 +150,8 @@ class PoseSearch:
     def chunk_size(self, requested: int) -> int:
         """Particles per chunk that keep the largest temporaries bounded."""
         chunk = max(1, min(requested, 24_000_000 // max(1, self.n_t * self.n_r)))
-        if self.c2f:  # the local refinement holds (P, K, N, 3, M_a) complex values:
-            # 3 million of them (24 MB) keep its gathers in cache; 6 million made the
-            # refinement and the backprojection of a full pass about 2x slower (docs/performance.md)
-            chunk = max(1, min(chunk, REFINE_ELEMENTS // max(
+        if self.c2f:  # the local refinement holds (P, K, N, 3, M_a) complex values
+            chunk = max(1, min(chunk, 6_000_000 // max(
                 1, 9 * N_COARSE * self.k * self.level.align.size)))
         return chunk
 
