@@ -26,7 +26,7 @@ import numpy as np
 
 from cryoclass.backend import array_namespace, to_host
 from cryoclass.numerics.fourier import to_real
-from cryoclass.numerics.transforms import interpolation_plan, padded_transform
+from cryoclass.numerics.transforms import interpolation_plan, padded_transform, turns_fit
 
 
 def scatter_half_plane(values, index, n: int):
@@ -77,7 +77,7 @@ def bins_to_class_frame(num_bins, den_bins, n: int, index, ky, kx, psi_rad, pad:
     m = num_bins.shape[1]
     nb = num_bins.reshape(hk, n_psi, m)
     db = den_bins.reshape(hk, n_psi, m)
-    turns = [xp.asarray(pos) for pos in _turn_maps(ky, kx, n_psi, pad * n >= n + 2)]
+    turns = [xp.asarray(pos) for pos in _turn_maps(ky, kx, n_psi, turns_fit(n, pad))]
     d = len(turns)
     n_g = n_psi // d
     used = to_host((db != 0).any(axis=2).any(axis=0)).reshape(d, n_g).any(axis=0)

@@ -104,7 +104,6 @@ class PoseSearch:
         self.align = xp.asarray(level.align)
         self.align_in_sub = xp.asarray(np.searchsorted(sub, level.align))
         self.refs3_a = xp.ascontiguousarray(refs[:, :, self.align_in_sub])
-        self.power3_a = self.refs3_a.real**2 + self.refs3_a.imag**2  # for refine_local
         self.refs = refs.reshape(k * n_psi, sub.size)  # (K n_psi, M_l)
         self.shell_sub = xp.asarray(geom.shell[sub])
         self.inv_s2 = xp.asarray((1.0 / sigma2[geom.shell]).astype(real_dtype))
@@ -114,6 +113,7 @@ class PoseSearch:
         self.c2f = level.search_mode == "coarse_to_fine"
         step = level.shift_step_px
         if self.c2f:
+            self.power3_a = self.refs3_a.real**2 + self.refs3_a.imag**2  # refine_local's norm
             self.coarse = xp.asarray(level.coarse)
             coarse_in_sub = xp.asarray(np.searchsorted(sub, level.coarse))
             self.refs_c = xp.ascontiguousarray(

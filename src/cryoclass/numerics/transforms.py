@@ -74,6 +74,11 @@ def _gridding_correction(n: int, pad: int, xp: ModuleType):
     return xp.asarray(1.0 / np.outer(s, s))
 
 
+def turns_fit(n: int, pad: int) -> bool:
+    """Whether :func:`padded_transform` can turn ``n``-box images inside its padded box."""
+    return pad * n >= n + 2
+
+
 def padded_transform(images, pad: int, turns: int = 1):
     """Oversampled half-plane transform of real images for interpolation.
 
@@ -86,7 +91,7 @@ def padded_transform(images, pad: int, turns: int = 1):
         inside the padded box, where nothing wraps) and the d are summed before the one
         transform: the transform of the sum equals the sum of the transforms, each sampled
         at ``R(360 r / d) k`` (bilinear sampling commutes with quarter turns of the
-        lattice). Needs ``pad * n >= n + 2``.
+        lattice). Needs :func:`turns_fit`.
 
     Returns
     -------
@@ -100,7 +105,7 @@ def padded_transform(images, pad: int, turns: int = 1):
     work = images * _gridding_correction(n, pad, xp).astype(images.dtype)
     o = big // 2 - n // 2
     if turns > 1:
-        if big < n + 2:
+        if not turns_fit(n, pad):
             raise ValueError("turned padded transforms need pad * n >= n + 2")
         # an odd box centred on the centre pixel: np.rot90 turns about that pixel
         odd = xp.zeros(work.shape[:-2] + (n + 1, n + 1), dtype=work.dtype)
